@@ -1,0 +1,29 @@
+"""Slides shared by the benchmarks: large Aperio pyramids built from real tissue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CMU1_SMALL = Path("/work/shared/data/slides/CMU-1-Small-Region.svs")
+
+
+def read_cmu1(path: Path = CMU1_SMALL) -> np.ndarray:
+    """CMU-1-Small-Region level 0 as RGB uint8 (2220 x 2967)."""
+    import openslide
+
+    with openslide.OpenSlide(path) as osr:
+        return np.asarray(osr.read_region((0, 0), 0, osr.dimensions).convert("RGB"))
+
+
+def build_cmu1_pyramid(folder: str | Path, width: int = 40000, height: int = 30000) -> Path:
+    """Write ``folder/cmu1-40k.svs``: CMU-1 tissue mirrored to ``width`` x ``height``.
+
+    0.5 µm/px (20x), levels at downsample 1, 4, 16, 240 px JPEG tiles, read back by
+    OpenSlide as an Aperio SVS. Takes ~15-30 s for the default size.
+    """
+    from napari_xmag.synthetic import mirrored_source, write_aperio_pyramid
+
+    path = Path(folder) / "cmu1-40k.svs"
+    return write_aperio_pyramid(path, width, height, mirrored_source(read_cmu1()))

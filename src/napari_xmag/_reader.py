@@ -1,0 +1,61 @@
+"""napari reader: a thin shim over :class:`napari_xmag.slide.Slide`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+SLIDE_SUFFIXES = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
+)
+
+LayerData = list[tuple[Any, dict[str, Any], str]]
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] | None:
+    """Return :func:`read_slides` if OpenSlide recognises the file(s), else None. Never raises."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths:
+        return None
+    try:
+        import openslide
+
+        for p in paths:
+            if Path(p).suffix.lower() not in SLIDE_SUFFIXES or openslide.OpenSlide.detect_format(p) is None:
+                return None
+    except Exception:  # probing must never break napari's reader search
+        return None
+    return read_slides
+
+
+def read_slides(path: str | list[str]) -> LayerData:
+    paths = [path] if isinstance(path, str) else list(path)
+    return [slide_layer_data(p) for p in paths]
+
+
+def slide_layer_data(path: str, mpp: float | None = None) -> tuple[Any, dict[str, Any], str]:
+    """One multiscale RGB image layer, in µm when the slide knows its mpp."""
+    from .slide import MissingMppWarning, Slide
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MissingMppWarning)
+        slide = Slide(path, mpp=mpp)
+    for w in caught:  # re-emit so napari shows it as a notification
+        warnings.warn(str(w.message), w.category, stacklevel=2)
+    try:
+        slide.check_readable()  # a corrupt file fails here once, not in every tile later
+    except Exception:
+        slide.close()
+        raise
+    kwargs: dict[str, Any] = {
+        "rgb": True,
+        "multiscale": True,
+        "name": slide.name,
+        "metadata": {"xmag": slide.summary(), "properties": slide.properties},
+        "contrast_limits": (0, 255),
+    }
+    if slide.mpp_x is not None:
+        kwargs["scale"] = (slide.mpp_y, slide.mpp_x)
+        kwargs["units"] = ("um", "um")
+    return slide.pyramid, kwargs, "image"

@@ -1,0 +1,12 @@
+"""napari sample data: the procedural tissue slide, made once and cached."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._reader import slide_layer_data
+from .sample import sample_slide_path
+
+
+def make_sample_slide() -> list[tuple[Any, dict[str, Any], str]]:
+    return [slide_layer_data(str(sample_slide_path()))]

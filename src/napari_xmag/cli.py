@@ -1,0 +1,126 @@
+"""The ``xmag`` command line: argument parsing and printing only; the work is in the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xmag",
+        description="Cross-magnification (XMAG) whole-slide tools: slide info, sample data, demo.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = sub.add_parser("info", help="print a slide's levels, mpp and which level serves 20x and 5x")
+    info.add_argument("slide", type=Path, help="a slide file OpenSlide can open")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.add_argument("--mpp-override", type=float, default=None, metavar="UM",
+                      help="level-0 µm/px to use instead of what the file records")
+    info.set_defaults(func=_cmd_info)
+
+    sample = sub.add_parser("sample", help="write the procedural sample slide and print its path")
+    sample.add_argument("--out", type=Path, default=None, help="folder (default: the user cache)")
+    sample.set_defaults(func=_cmd_sample)
+
+    demo = sub.add_parser("demo", help="the offline demo: make the sample slide and show what it holds")
+    demo.add_argument("--out", type=Path, default=None, help="folder (default: the user cache)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .slide import SlideError
+
+    try:
+        return int(args.func(args) or 0)
+    except SlideError as err:
+        print(f"xmag {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xmag {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _open(path: Path, mpp: float | None = None) -> Any:
+    from .slide import Slide
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        slide = Slide(path, mpp=mpp)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return slide
+
+
+def format_info(summary: dict[str, Any]) -> str:
+    def um(v: float | None) -> str:
+        return "unknown" if v is None else f"{v:.4g} µm/px"
+
+    lines = [
+        f"slide:            {summary['path']}",
+        f"vendor:           {summary['vendor'] or 'unknown'}",
+        f"dimensions:       {summary['dimensions'][0]} x {summary['dimensions'][1]} px (level 0)",
+        f"mpp:              x {um(summary['mpp_x'])}, y {um(summary['mpp_y'])}"
+        + (f"  [{summary['mpp_source']}]" if summary["mpp_source"] else ""),
+        f"objective power:  {summary['objective_power'] or 'unknown'}",
+        f"associated:       {', '.join(summary['associated_images']) or 'none'}",
+        "levels:",
+    ]
+    for lv in summary["levels"]:
+        lines.append(
+            f"  {lv['level']}: {lv['width']:>6} x {lv['height']:<6} downsample {lv['downsample']:<8.4g}"
+            f" tile {lv['tile'][0]}x{lv['tile'][1]}  {um(lv['mpp'])}"
+        )
+    mags = summary.get("magnifications")
+    if mags:
+        for name, m in mags.items():
+            if m["factor"] == 1.0:
+                how = "as is"
+            elif m["factor"] > 1:
+                how = f"reduced by {m['factor']:.4g}"
+            else:
+                how = f"enlarged by {1 / m['factor']:.4g} (the slide is coarser than {name})"
+            lines.append(f"{name} ({m['mpp']} µm/px):  level {m['level']}, {how}")
+    else:
+        lines.append("20x / 5x:         unknown without an mpp (use --mpp-override)")
+    return "\n".join(lines)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    with _open(args.slide, args.mpp_override) as slide:
+        slide.check_readable()  # a slide whose tiles cannot be decoded is a bad file too
+        summary = slide.summary()
+    print(json.dumps(summary, indent=2) if args.json else format_info(summary))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import sample_slide_path
+
+    print(sample_slide_path(args.out))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .sample import sample_slide_path
+
+    path = sample_slide_path(args.out)
+    print(f"sample slide: {path}\n")
+    with _open(path) as slide:
+        print(format_info(slide.summary()))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""``xmag`` commands: output values and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import BAD_FILES, BOXES, CMU1, SLIDES
+
+from napari_xmag.cli import main
+
+
+def test_info_text(capsys) -> None:
+    assert main(["info", str(CMU1.path)]) == 0
+    out = capsys.readouterr().out
+    assert "vendor:           aperio" in out
+    assert "2220 x 2967 px" in out
+    assert "0.499 µm/px" in out
+    assert "objective power:  20.0" in out
+    assert "20x (0.5 µm/px):  level 0, reduced by 1.002" in out
+    assert "5x (2.0 µm/px):  level 0, reduced by 4.008" in out
+
+
+def test_info_json(capsys) -> None:
+    assert main(["info", str(CMU1.path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["vendor"] == "aperio"
+    assert info["levels"] == [
+        {"level": 0, "width": 2220, "height": 2967, "downsample": 1.0, "tile": [240, 240], "mpp": 0.499}
+    ]
+    assert info["objective_power"] == 20.0
+    assert info["magnifications"]["5x"] == {"level": 0, "factor": pytest.approx(2.0 / 0.499), "mpp": 2.0}
+
+
+def test_info_multilevel(pyramid_path, capsys) -> None:
+    assert main(["info", str(pyramid_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [lv["downsample"] for lv in info["levels"]] == [1.0, 4.0, 16.0]
+    assert info["magnifications"] == {
+        "20x": {"level": 0, "factor": 1.0, "mpp": 0.5},
+        "5x": {"level": 1, "factor": 1.0, "mpp": 2.0},
+    }
+
+
+def test_info_without_mpp(capsys) -> None:
+    assert main(["info", str(BOXES.path)]) == 0
+    captured = capsys.readouterr()
+    assert "mpp:              x unknown" in captured.out
+    assert "use --mpp-override" in captured.out
+    assert "warning:" in captured.err and "boxes.tiff" in captured.err
+    assert main(["info", str(BOXES.path), "--mpp-override", "0.25"]) == 0
+    assert "5x (2.0 µm/px):  level 2, reduced by 1.992" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_files_exit_nonzero_with_one_line(name, capsys) -> None:
+    file, cause = BAD_FILES[name]
+    assert main(["info", str(SLIDES / file)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.strip().splitlines()
+    assert line.startswith("xmag info: error: ") and file in line and cause in line
+
+
+def test_console_script_runs(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_xmag.cli", "info", str(tmp_path / "missing.svs")],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"xmag info: error: {tmp_path / 'missing.svs'}: no such file"
+
+
+def test_demo_writes_and_describes_the_sample(tmp_path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"sample slide: {tmp_path / 'xmag-sample-v1.svs'}" in out
+    assert "5x (2.0 µm/px):  level 1, as is" in out

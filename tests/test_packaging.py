@@ -1,0 +1,54 @@
+"""The installed package carries the root napari.yaml, editable or not, and it validates."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_installed_manifest_is_the_root_manifest() -> None:
+    import npe2
+
+    installed = npe2.PluginManifest.from_distribution("napari-xmag")
+    assert installed == npe2.PluginManifest.from_file(ROOT / "napari.yaml")
+    assert installed.name == "napari-xmag"
+    installed.validate_imports()  # every python_name resolves
+
+
+@pytest.mark.slow
+def test_wheel_install_uses_the_same_manifest(tmp_path) -> None:
+    """``pip install .`` (not editable) ships napari.yaml as a file with the root's content."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+        check=True,
+    )
+    [wheel] = wheels.glob("napari_xmag-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert zf.read("napari_xmag/napari.yaml") == (ROOT / "napari.yaml").read_bytes()
+        [entry_points] = [n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        assert "napari-xmag = napari_xmag:napari.yaml" in zf.read(entry_points).decode()
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+    )
+    probe = (
+        "import npe2, napari_xmag, pathlib;"
+        "m = npe2.PluginManifest.from_distribution('napari-xmag');"
+        "m.validate_imports();"
+        f"assert pathlib.Path(napari_xmag.__file__).is_relative_to({str(target)!r});"
+        "print(m.name, len(m.contributions.readers))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env={"PYTHONPATH": str(target), "PATH": ""},
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["napari-xmag", "1"]
