@@ -100,7 +100,7 @@ class Region:
     mpp: tuple[float, float]  # effective µm/px (x, y) of ``image``
     level: int  # pyramid level read
     scale: tuple[float, float]  # level pixels per output pixel (x, y); 1.0 = no resampling
-    origin: tuple[int, int]  # level-0 x, y of the top-left corner
+    origin: tuple[int, int]  # level-0 x, y of the top-left corner actually read
 
 
 @dataclass(frozen=True)
@@ -486,10 +486,11 @@ class Slide:
             factor = 1.0
         info = self.levels[level]
         ds = info.downsample
-        lx, ly = x / ds, y / ds
+        # The read starts on the level's pixel grid; ``origin`` reports where that is.
+        lx, ly = round(x / ds), round(y / ds)
         read_w = max(1, round(out_w * factor))
         read_h = max(1, round(out_h * factor))
-        pixels = self._read_padded(level, round(lx), round(ly), read_w, read_h)
+        pixels = self._read_padded(level, lx, ly, read_w, read_h)
         if (read_w, read_h) != (out_w, out_h):
             pixels = np.asarray(Image.fromarray(pixels).resize((out_w, out_h), Image.Resampling.LANCZOS))
         sx, sy = read_w / out_w, read_h / out_h
@@ -497,7 +498,7 @@ class Slide:
             eff = (self.mpp_x * ds * sx, self.mpp_y * ds * sy)  # type: ignore[operator]
         else:
             eff = (float("nan"), float("nan"))
-        return Region(image=pixels, mpp=eff, level=level, scale=(sx, sy), origin=(x, y))
+        return Region(image=pixels, mpp=eff, level=level, scale=(sx, sy), origin=(round(lx * ds), round(ly * ds)))
 
     def _read_padded(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Level pixels that may fall partly outside the level; outside is white."""
