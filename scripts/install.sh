@@ -29,5 +29,8 @@ if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[$extras]"
+# torch is pinned in the same command: an unpinned resolve can pull a multi-GB CUDA build.
+torch_spec=${XMAG_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
+# shellcheck disable=SC2086
+.venv/bin/python -m pip install -q $torch_spec -e ".[$extras]"
 echo "install.sh: napari-xmag installed in .venv ($extras)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,34 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, default=None, help="folder (default: the user cache)")
     sample.set_defaults(func=_cmd_sample)
 
+    embed = sub.add_parser(
+        "embed", help="embed the tissue patches of slides into TRIDENT-style feature files",
+        description="Cut each slide's tissue into patches at an exact µm/px, embed them with a"
+        " model, and write OUT/<slide>.h5 (coords, features). Finished slides are skipped.",
+    )
+    embed.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
+    embed.add_argument("--model", default="xmag", help="registry name, local path or hf-hub:ORG/NAME (default: xmag)")
+    embed.add_argument("--weights", default="auto",
+                       help="auto (the model's own: hub or path), random (tests/benchmarks only), or a file")
+    embed.add_argument("--out", type=Path, required=True, help="output folder")
+    embed.add_argument("--mpp", default="2.0", help="target µm/px, or 5x / 20x (default: 2.0 = 5x)")
+    embed.add_argument("--patch-size", type=int, default=224)
+    embed.add_argument("--stride", type=int, default=None, help="default: the patch size (no overlap)")
+    embed.add_argument("--tissue-threshold", type=float, default=0.25,
+                       help="fraction of a patch that must be tissue (default: 0.25)")
+    embed.add_argument("--mpp-override", type=float, default=None, metavar="UM",
+                       help="level-0 µm/px for slides that do not record it")
+    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--workers", type=int, default=2, help="slide-reading threads")
+    embed.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    embed.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
+    embed.add_argument("--format", default="h5", choices=["h5", "zarr"])
+    embed.add_argument("--tokens", action="store_true", help="also keep patch-token grids (zarr)")
+    embed.add_argument("--overwrite", action="store_true",
+                       help="replace feature files made with other settings")
+    embed.add_argument("--no-progress", action="store_true")
+    embed.set_defaults(func=_cmd_embed)
+
     demo = sub.add_parser("demo", help="the offline demo: make the sample slide and show what it holds")
     demo.add_argument("--out", type=Path, default=None, help="folder (default: the user cache)")
     demo.set_defaults(func=_cmd_demo)
@@ -44,12 +73,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except SlideError as err:
+    except (SlideError, *_user_errors()) as err:
+        if os.environ.get("XMAG_DEBUG"):
+            raise
         print(f"xmag {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"xmag {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the input's fault: one line, non-zero exit, no traceback."""
+    from .embed import EmbedCancelled
+    from .features import FeatureFileError
+
+    errors: list[type[BaseException]] = [EmbedCancelled, FeatureFileError, ValueError]
+    try:
+        from .models import WeightsError
+
+        errors.append(WeightsError)
+    except ImportError:  # torch is optional for slide-only commands
+        pass
+    return tuple(errors)
 
 
 def _open(path: Path, mpp: float | None = None) -> Any:
@@ -109,6 +155,27 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from .sample import sample_slide_path
 
     print(sample_slide_path(args.out))
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .embed import EmbedSettings, embed_slide
+    from .models import create_model
+
+    settings = EmbedSettings(
+        mpp=args.mpp, patch_size=args.patch_size, stride=args.stride,
+        tissue_threshold=args.tissue_threshold, mpp_override=args.mpp_override,
+        batch_size=args.batch_size, workers=args.workers, device=args.device,
+        precision=args.precision, tokens=args.tokens,
+    )
+    model = create_model(args.model, weights=args.weights)
+    if model.weights.random:
+        print("warning: RANDOM WEIGHTS: embeddings carry no meaning (recorded in every output)",
+              file=sys.stderr)
+    for path in args.slides:
+        result = embed_slide(path, model, args.out, settings, fmt=args.format,
+                             overwrite=args.overwrite, progress=not args.no_progress)
+        print(result.summary())
     return 0
 
 

@@ -1,0 +1,374 @@
+"""Whole-slide embedding: tissue patches -> batches -> model -> a features file.
+
+Reader threads (one OpenSlide handle each) read batches ahead of the model, so slide I/O
+hides behind the forward pass; the forward runs under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .features import FeatureSet, feature_path, read_features, settings_differ, write_features
+from .slide import Slide, SlideError, parse_mpp
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EmbedSettings",
+    "EmbedCancelled",
+    "SlideEmbedding",
+    "embed_patches",
+    "embed_slide",
+    "iter_patch_batches",
+    "prepare_model",
+]
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+class EmbedCancelled(Exception):
+    """The caller asked to stop; nothing was written."""
+
+
+class NoTissueError(SlideError):
+    """No patch of the slide holds enough tissue to embed."""
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How patches are cut and embedded. The defaults are the XMAG student's: 5x, 224 px."""
+
+    mpp: float | str = 2.0
+    patch_size: int = 224
+    stride: int | None = None  # None: = patch_size, no overlap
+    tissue_threshold: float = 0.25  # fraction of a patch that must be tissue
+    mpp_override: float | None = None
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+    precision: str = "fp32"
+    tokens: bool = False  # also keep the patch-token grids (zarr only)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mpp", parse_mpp(self.mpp))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.batch_size < 1 or self.workers < 1 or self.patch_size < 1:
+            raise ValueError("batch size, workers and patch size must be positive")
+        if not 0 <= self.tissue_threshold <= 1:
+            raise ValueError(f"tissue threshold is a fraction in [0, 1], got {self.tissue_threshold}")
+
+
+@dataclass(frozen=True)
+class SlideEmbedding:
+    """What one slide's run did."""
+
+    slide: Path
+    output: Path
+    patches: int
+    seconds: float
+    skipped: bool = False
+
+    @property
+    def patches_per_second(self) -> float:
+        return self.patches / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"{self.slide.name}: already done ({self.patches} patches) -> {self.output}"
+        return (
+            f"{self.slide.name}: {self.patches} patches in {self.seconds:.1f} s"
+            f" ({self.patches_per_second:.1f} patches/s) -> {self.output}"
+        )
+
+
+# ---- reading ----------------------------------------------------------------------------
+def iter_patch_batches(
+    slide_path: str | os.PathLike[str],
+    coords: np.ndarray,
+    mpp: float,
+    patch_size: int,
+    batch_size: int = 32,
+    workers: int = 2,
+    mpp_override: float | None = None,
+) -> Iterator[np.ndarray]:
+    """(B, patch_size, patch_size, 3) uint8 batches in ``coords`` order.
+
+    Each worker thread opens its own handle; up to ``2 * workers`` batches are read ahead.
+    """
+    local = threading.local()
+    handles: list[Slide] = []
+    lock = threading.Lock()
+
+    def handle() -> Slide:
+        if not hasattr(local, "slide"):
+            local.slide = Slide(slide_path, mpp=mpp_override)
+            with lock:
+                handles.append(local.slide)
+        return local.slide
+
+    def read(start: int) -> np.ndarray:
+        slide = handle()
+        chunk = coords[start : start + batch_size]
+        out = np.empty((len(chunk), patch_size, patch_size, 3), np.uint8)
+        for i, (x, y) in enumerate(chunk):
+            out[i] = slide.read_region(int(x), int(y), patch_size, mpp=mpp).image
+        return out
+
+    starts = list(range(0, len(coords), batch_size))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xmag-read")
+    pending: list[Future[np.ndarray]] = []
+    try:
+        ahead = 2 * workers
+        for start in starts[:ahead]:
+            pending.append(pool.submit(read, start))
+        for i in range(len(starts)):
+            batch = pending[i].result()
+            if i + ahead < len(starts):
+                pending.append(pool.submit(read, starts[i + ahead]))
+            pending[i] = None  # type: ignore[call-overload]  # let the batch be freed
+            yield batch
+    finally:
+        for f in pending:
+            if f is not None:
+                f.cancel()
+        pool.shutdown(wait=True)
+        for slide in handles:
+            slide.close()
+
+
+# ---- the model --------------------------------------------------------------------------
+def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> tuple[Any, Any, Any]:
+    """Put the model on its device at the asked precision; returns (model, device, autocast dtype).
+
+    CPU: bf16 casts the weights (faster than autocast on CPUs with bf16 units), int8 applies
+    dynamic quantisation to the Linear layers. GPU: autocast in fp16/bf16.
+    """
+    import torch
+
+    from .models import resolve_device
+
+    dev = torch.device(resolve_device(device))
+    model = model.eval().to(dev)
+    autocast = None
+    if precision == "int8":
+        if dev.type != "cpu":
+            raise ValueError("int8 (dynamic quantisation) runs on the CPU only")
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif precision == "bf16":
+        if dev.type == "cpu":
+            model = copy.deepcopy(model).to(torch.bfloat16)  # the caller keeps its fp32 model
+        else:
+            autocast = torch.bfloat16
+    return model, dev, autocast
+
+
+def embed_patches(
+    model: Any,
+    batches: Iterator[np.ndarray],
+    total: int,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    tokens: bool = False,
+    progress: bool | Callable[[int, int], None] = True,
+    cancel: threading.Event | None = None,
+    description: str = "embedding",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embed uint8 patch batches; returns (features (N, D) float32, token grids or None)."""
+    import torch
+
+    model, dev, autocast = prepare_model(model, device, precision)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    features: list[np.ndarray] = []
+    grids: list[np.ndarray] = []
+    bar = _progress_bar(progress, total, description)
+    done = 0
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                if cancel is not None and cancel.is_set():
+                    raise EmbedCancelled(f"{description}: cancelled after {done} of {total} patches")
+                x = model.preprocess(batch).to(dev, dtype=dtype)
+                with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+                    out = model.embed(x, tokens=tokens)
+                pooled, grid = out if tokens else (out, None)
+                features.append(pooled.float().cpu().numpy())
+                if grid is not None:
+                    grids.append(grid.float().cpu().numpy())
+                done += len(batch)
+                bar(done)
+    finally:
+        bar(None)
+    dim = getattr(model, "embed_dim", 0)
+    feats = np.concatenate(features) if features else np.zeros((0, dim), np.float32)
+    return feats, (np.concatenate(grids) if grids else None) if tokens else None
+
+
+def _progress_bar(progress: bool | Callable[[int, int], None], total: int, description: str) -> Callable[[int | None], None]:
+    """``update(done)``, and ``update(None)`` to close. A callable gets (done, total)."""
+    if callable(progress):
+        return lambda done: None if done is None else progress(done, total)
+    if not progress:
+        return lambda done: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="patch", leave=False)
+
+    def update(done: int | None) -> None:
+        if done is None:
+            bar.close()
+        else:
+            bar.update(done - bar.n)
+
+    return update
+
+
+# ---- one slide, end to end ------------------------------------------------------------
+def embed_slide(
+    slide_path: str | os.PathLike[str],
+    model: Any,
+    out_dir: str | os.PathLike[str],
+    settings: EmbedSettings | None = None,
+    *,
+    fmt: str = "h5",
+    overwrite: bool = False,
+    progress: bool | Callable[[int, int], None] = True,
+    cancel: threading.Event | None = None,
+) -> SlideEmbedding:
+    """Embed the tissue of one slide into ``out_dir/<stem>.h5``; skip it if already done.
+
+    A finished file made with the same settings is kept and reported as skipped; one made
+    with other settings is an error unless ``overwrite``. Nothing is written on failure.
+    """
+    from .tiling import patch_grid, tissue_mask
+
+    settings = settings or EmbedSettings()
+    if settings.tokens and fmt != "zarr":
+        settings = replace(settings, tokens=False)
+        log.warning("token grids are stored in zarr only; --format zarr keeps them")
+    slide_path = Path(slide_path)
+    output = feature_path(out_dir, slide_path, fmt)
+    start = time.perf_counter()
+    with Slide(slide_path, mpp=settings.mpp_override) as slide:
+        if slide.mpp is None:
+            raise SlideError(
+                f"{slide_path}: the slide records no µm per pixel, so {settings.mpp} µm/px patches"
+                " cannot be cut; pass --mpp-override with the scan's level-0 µm/px"
+            )
+        slide.check_readable()
+        run_attrs = run_attributes(slide, model, settings)
+        if output.exists():
+            existing = read_features(output)
+            differ = settings_differ(existing.attrs, _settings_keys(run_attrs))
+            if not differ:
+                return SlideEmbedding(slide_path, output, len(existing), 0.0, skipped=True)
+            if not overwrite:
+                what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
+                raise SlideError(
+                    f"{output}: exists, made with other settings ({what}); pass --overwrite or"
+                    " choose another --out"
+                )
+        mask = tissue_mask(slide)
+        grid = patch_grid(
+            slide,
+            mpp=settings.mpp,
+            patch_size=settings.patch_size,
+            stride=settings.stride,
+            min_tissue=settings.tissue_threshold,
+            mask=mask,
+        )
+        if len(grid) == 0:
+            raise NoTissueError(
+                f"{slide_path}: no {settings.patch_size} px patch at {settings.mpp} µm/px holds"
+                f" {settings.tissue_threshold:.0%} tissue (tissue covers"
+                f" {mask.tissue_fraction:.1%} of the slide); lower --tissue-threshold if it should"
+            )
+        coords_attrs = coords_attributes(slide, grid)
+    batches = iter_patch_batches(
+        slide_path, grid.coords, grid.mpp, grid.patch_size, settings.batch_size,
+        settings.workers, settings.mpp_override,
+    )
+    features, tokens = embed_patches(
+        model, batches, len(grid), device=settings.device, precision=settings.precision,
+        tokens=settings.tokens, progress=progress, cancel=cancel, description=slide_path.name,
+    )
+    seconds = time.perf_counter() - start
+    run_attrs["seconds"] = round(seconds, 3)
+    write_features(output, FeatureSet(grid.coords, features, run_attrs, coords_attrs, tokens))
+    return SlideEmbedding(slide_path, output, len(grid), seconds)
+
+
+_SETTING_KEYS = (
+    "model", "weights_source", "weights_sha256", "weights_random", "mpp", "patch_size", "stride",
+    "tissue_threshold", "mpp_override", "precision", "format_tokens",
+)
+
+
+def _settings_keys(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: attrs[k] for k in _SETTING_KEYS if k in attrs}
+
+
+def run_attributes(slide: Slide, model: Any, settings: EmbedSettings) -> dict[str, Any]:
+    """What a features file records of the run (also how a rerun recognises it)."""
+    weights = model.weights
+    return {
+        "model": model.spec.name,
+        "embed_dim": model.embed_dim,
+        "weights_source": weights.source,
+        "weights_sha256": weights.sha256 or "",
+        "weights_random": bool(weights.random),
+        "slide_path": str(slide.path),
+        "slide_mpp": slide.mpp,
+        "mpp_source": slide.mpp_source,
+        "mpp": settings.mpp,
+        "patch_size": settings.patch_size,
+        "stride": settings.stride or settings.patch_size,
+        "tissue_threshold": settings.tissue_threshold,
+        "mpp_override": settings.mpp_override,
+        "precision": settings.precision,
+        "format_tokens": settings.tokens,
+        "xmag_version": __version__,
+    }
+
+
+def coords_attributes(slide: Slide, grid: Any) -> dict[str, Any]:
+    """TRIDENT's patching attributes, plus the exact mpp and level used."""
+    base_mag = slide.objective_power or (10.0 / slide.mpp if slide.mpp else None)
+    return {
+        "patch_size": grid.patch_size,
+        "patch_size_level0": int(round(grid.patch_size_level0)),
+        "patch_size_level0_exact": float(grid.patch_size_level0),
+        "level0_magnification": base_mag,
+        "target_magnification": 10.0 / grid.mpp,
+        "overlap": grid.patch_size - grid.stride,
+        "stride": grid.stride,
+        "mpp": grid.mpp,
+        "level": grid.level,
+        "name": slide.name,
+        "level0_width": slide.dimensions[0],
+        "level0_height": slide.dimensions[1],
+    }
+
+
+def embed_slides(
+    slides: Sequence[str | os.PathLike[str]],
+    model: Any,
+    out_dir: str | os.PathLike[str],
+    settings: EmbedSettings | None = None,
+    **kwargs: Any,
+) -> list[SlideEmbedding]:
+    """Embed several slides one after another; the first error stops the run."""
+    return [embed_slide(p, model, out_dir, settings, **kwargs) for p in slides]

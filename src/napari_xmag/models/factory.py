@@ -1,0 +1,444 @@
+"""Building models: :func:`create_model`, :func:`save_model`, :func:`resolve_device`.
+
+``create_model`` accepts a registry name, a local path (a file, or a directory written by
+:func:`save_model`), or ``hf-hub:ORG/NAME``; and weights from ``"auto"``, ``"random"``, a
+path or ``hf-hub:ORG/NAME``. A model folder is ``model.safetensors`` (the backbone in timm
+key names, heads under ``heads.global.*`` / ``heads.local.*``) and ``config.json``::
+
+    {"format": "napari-xmag-model", "format_version": 1, "model": "xmag", "heads": true,
+     "tiny": false, "overrides": {}, "architecture": "vit_base_patch14_dinov2", ...}
+
+Only ``model`` is required; ``heads``, ``tiny`` and ``overrides`` (extra timm arguments,
+JSON values) rebuild the exact architecture.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import zoo as _zoo  # noqa: F401  (registers the entries)
+from .heads import build_heads
+from .model import XmagModel
+from .registry import ModelSpec, UnknownModelError, find_spec_by_hf_id, get_spec, list_models
+from .weights import (
+    HUB_PREFIX,
+    WeightsError,
+    WeightsInfo,
+    convert_checkpoint,
+    download_from_hub,
+    find_weights_file,
+    load_checkpoint,
+    resolve_weights,
+    sha256_file,
+)
+
+__all__ = [
+    "CONFIG_FORMAT",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "build_backbone",
+    "count_parameters",
+    "create_model",
+    "format_param_count",
+    "head_dims",
+    "read_model_config",
+    "resolve_device",
+    "save_model",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_FORMAT = "napari-xmag-model"
+CONFIG_VERSION = 1
+
+#: Layer names usable in ``arch_kwargs`` (data-only specs) -> the classes passed to timm.
+_LAYERS: Mapping[str, tuple[str, str]] = {
+    "swiglu_packed": ("timm.layers", "SwiGLUPacked"),
+    "swiglu": ("timm.layers", "SwiGLU"),
+    "mlp": ("timm.layers", "Mlp"),
+    "silu": ("torch.nn", "SiLU"),
+    "gelu": ("torch.nn", "GELU"),
+}
+_LAYER_ARGS = ("mlp_layer", "act_layer")
+
+
+RANDOM_SEED = 0  # random weights are a fixed draw: the same model in every run
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA if available, else MPS, else CPU; or the named device, checked to exist."""
+    if isinstance(name, torch.device):
+        device = name
+    elif name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+            ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {name!r} asked for, but MPS is not available here; use 'cpu' or 'auto'")
+    return device
+
+
+def _layer(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        module, attr = _LAYERS[value]
+    except KeyError:
+        raise ValueError(f"unknown layer name {value!r}; known: {', '.join(_LAYERS)}") from None
+    return getattr(importlib.import_module(module), attr)
+
+
+def _check_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = dict(overrides or {})
+    try:
+        json.dumps(out)
+    except TypeError as exc:
+        raise ValueError(
+            f"architecture overrides must be JSON values (they go into config.json): {exc}"
+        ) from exc
+    return out
+
+
+def build_backbone(
+    spec: ModelSpec,
+    *,
+    tiny: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """The timm backbone of ``spec``, randomly initialised (``device="meta"``: no memory)."""
+    import timm
+
+    kwargs: dict[str, Any] = dict(spec.arch_kwargs)
+    if tiny:
+        kwargs.update(spec.tiny_kwargs)
+    kwargs.update(_check_overrides(overrides))
+    for key in _LAYER_ARGS:
+        if key in kwargs:
+            kwargs[key] = _layer(kwargs[key])
+    if device is None:
+        return timm.create_model(spec.architecture, pretrained=False, **kwargs)
+    with torch.device(device):
+        return timm.create_model(spec.architecture, pretrained=False, **kwargs)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def format_param_count(n: int) -> str:
+    """``85_724_928 -> "86M"``, ``1_134_774_272 -> "1.1B"``."""
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{round(n / 1e6)}M"
+
+
+def _width(spec: ModelSpec, tiny: bool) -> int:
+    if tiny and "embed_dim" in spec.tiny_kwargs:
+        return int(spec.tiny_kwargs["embed_dim"])
+    if "embed_dim" in spec.arch_kwargs:
+        return int(spec.arch_kwargs["embed_dim"])
+    return spec.embed_dim // (2 if spec.embedding == "cls+mean" else 1)
+
+
+def head_dims(spec: ModelSpec, *, tiny: bool = False, width: int | None = None) -> tuple[int, int]:
+    """``(in, out)`` of a distilled student's heads: its width -> its teacher's width."""
+    if spec.distilled_from is None:
+        raise ValueError(f"{spec.name} is not a distilled student and has no distillation heads")
+    teacher = get_spec(spec.distilled_from)
+    return (width if width is not None else _width(spec, tiny)), _width(teacher, tiny)
+
+
+# ----------------------------------------------------------------------------------------
+# Model folders
+
+
+def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``config.json`` of a model folder written by :func:`save_model`, or ``None`` if
+    the folder has none or it is not ours (no registered ``"model"``)."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        return None
+    try:
+        get_spec(config["model"])
+    except UnknownModelError:
+        if config.get("format") == CONFIG_FORMAT:
+            raise WeightsError(f"{path} names model {config['model']!r}, which is not registered") from None
+        return None
+    return config
+
+
+def save_model(model: XmagModel, folder: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``model`` to ``folder`` as ``model.safetensors`` + ``config.json``, atomically.
+
+    Files go to a temporary sibling folder that is renamed into place, so ``folder`` is
+    either absent, the old one or the complete new one. ``create_model(folder)`` loads it.
+    """
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} exists; pass overwrite=True to replace it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
+        if model.heads is not None:
+            tensors.update(
+                {f"heads.{k}": v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()}
+            )
+        save_file(
+            tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "napari_xmag_model": model.spec.name}
+        )
+        config = {
+            "format": CONFIG_FORMAT,
+            "format_version": CONFIG_VERSION,
+            "model": model.spec.name,
+            "architecture": model.spec.architecture,
+            "heads": model.heads is not None,
+            "tiny": model.tiny,
+            "overrides": model.overrides,
+            "embed_dim": model.embed_dim,
+            "width": model.width,
+            "grid": list(model.grid),
+            "native_mpp": model.spec.native_mpp,
+            "licence": model.spec.licence,
+            "weights_file": WEIGHTS_NAME,
+            "sha256": sha256_file(tmp / WEIGHTS_NAME),
+            "derived_from": model.weights.to_dict(),
+            "napari_xmag_version": __version__,
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+# ----------------------------------------------------------------------------------------
+# create_model
+
+
+def _identify(checkpoint: Any, source: str) -> ModelSpec:
+    """The one registered model (full size) whose backbone ``checkpoint`` fits."""
+    fits = []
+    errors: list[tuple[float, str]] = []
+    for name in list_models():
+        spec = get_spec(name)
+        backbone = build_backbone(spec, device="meta")
+        try:
+            convert_checkpoint(checkpoint, backbone, spec, source=source)
+        except WeightsError as exc:
+            errors.append((getattr(exc, "mismatches", math.inf), str(exc)))
+            continue
+        fits.append(spec)
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise WeightsError(
+            f"{source} matches no registered model ({', '.join(list_models())}); pass the model name "
+            f"with it, create_model(NAME, weights=PATH). Closest: {min(errors)[1]}"
+        )
+    raise WeightsError(
+        f"{source} fits several models ({', '.join(s.name for s in fits)}); "
+        "pass the name with it, create_model(NAME, weights=PATH)"
+    )
+
+
+def _safetensors_model_name(path: Path) -> str | None:
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("napari_xmag_model")
+    except Exception:
+        return None
+
+
+def _local_reference(path: Path) -> tuple[ModelSpec, dict[str, Any], Path, tuple[Path, Any] | None]:
+    """Spec, folder config (or ``{}``), weights location and any checkpoint already read,
+    for a model given as a path."""
+    if path.is_dir():
+        config = read_model_config(path)
+        if config is not None:
+            return get_spec(config["model"]), config, path, None
+        file = find_weights_file(path)
+    elif path.is_file():
+        file = path
+    else:
+        raise WeightsError(f"no such file or directory: {path}")
+    name = _safetensors_model_name(file)
+    if name is not None:
+        return get_spec(name), {}, path, None
+    checkpoint = load_checkpoint(file)
+    spec = _identify(checkpoint, str(file))
+    return spec, {}, path, (file, checkpoint)
+
+
+def create_model(
+    name_or_path: str | os.PathLike[str],
+    weights: str | os.PathLike[str] = "auto",
+    *,
+    tiny: bool = False,
+    device: str | torch.device = "cpu",
+    heads: bool | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> XmagModel:
+    """Build a model in eval mode and load its weights.
+
+    ``name_or_path``: a registry name (see :func:`list_models`), a local weight file or
+    model folder, or ``hf-hub:ORG/NAME`` (a registered model's repository or one holding a
+    napari-xmag ``config.json``). A registry name wins over a same-named relative path;
+    write ``./name`` for the path. A file without our metadata is identified by matching
+    its keys and shapes against the registry.
+
+    ``weights``: ``"auto"`` (the path given, else the model's hub repository),
+    ``"random"`` (only when asked), a path, or ``hf-hub:ORG/NAME``.
+
+    ``heads``: ``None`` loads distillation heads when the checkpoint has them; ``True``
+    always gives a distilled student heads (fresh ones if the checkpoint has none);
+    ``False`` never. ``tiny`` builds the spec's small test configuration.
+    """
+    overrides = _check_overrides(overrides)
+    default_weights: Path | None = None
+    config: dict[str, Any] = {}
+    preloaded: tuple[Path, Any] | None = None
+    ref = os.fspath(name_or_path)
+
+    if isinstance(name_or_path, str) and name_or_path.startswith(HUB_PREFIX):
+        repo_id = name_or_path[len(HUB_PREFIX) :].strip().strip("/")
+        found = find_spec_by_hf_id(repo_id)
+        if found is not None:
+            spec = found
+            if weights == "auto":
+                weights = HUB_PREFIX + repo_id
+        else:
+            folder = download_from_hub(repo_id, (CONFIG_NAME,), any_weights=False).parent
+            config = read_model_config(folder) or {}
+            if not config:
+                raise WeightsError(
+                    f"{name_or_path} is neither a registered model's repository nor a napari-xmag model "
+                    f"(its config.json names no registered model); registered: {', '.join(list_models())}"
+                )
+            spec = get_spec(config["model"])
+            if weights == "auto":
+                weights = str(
+                    download_from_hub(repo_id, (config.get("weights_file", WEIGHTS_NAME),), any_weights=False)
+                )
+    elif isinstance(name_or_path, str) and _is_registered(name_or_path):
+        spec = get_spec(name_or_path)
+    elif Path(ref).expanduser().exists():
+        spec, config, default_weights, preloaded = _local_reference(Path(ref).expanduser())
+    else:
+        raise UnknownModelError(
+            f"{ref!r} is not a registered model, an existing path or 'hf-hub:ORG/NAME'; "
+            f"registered models: {', '.join(list_models())}"
+        )
+
+    if config:
+        tiny = bool(config.get("tiny", tiny))
+        overrides = {**_check_overrides(config.get("overrides")), **overrides}
+        if heads is None and config.get("heads"):
+            heads = True
+    if heads and spec.distilled_from is None:
+        raise ValueError(f"{spec.name} is not a distilled student and has no distillation heads")
+
+    target_device = resolve_device(device)
+    file, source = resolve_weights(weights, spec, default=default_weights)
+
+    if file is None:  # random, explicitly asked for; seeded, so runs and reruns agree
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            backbone = build_backbone(spec, tiny=tiny, overrides=overrides)
+            head_modules = _new_heads(spec, tiny, backbone) if heads else None
+        info = WeightsInfo("random", None, True, heads="random" if head_modules is not None else None)
+    else:
+        checkpoint = preloaded[1] if preloaded and preloaded[0] == file else load_checkpoint(file)
+        backbone = build_backbone(spec, tiny=tiny, overrides=overrides, device="meta")
+        head_modules = (
+            _new_heads(spec, tiny, backbone) if heads is not False and spec.distilled_from else None
+        )
+        converted = convert_checkpoint(checkpoint, backbone, spec, source=str(file), heads=head_modules)
+        _load_into(backbone, converted.backbone, str(file))
+        heads_origin = None
+        if head_modules is not None:
+            if converted.heads is not None:
+                head_modules.load_state_dict(converted.heads, strict=True)
+                heads_origin = "checkpoint"
+            elif heads:
+                if config.get("heads"):
+                    raise WeightsError(
+                        f"{file}: config.json promises distillation heads but the file has none"
+                    )
+                heads_origin = "random"
+            else:
+                head_modules = None
+        info = WeightsInfo(source, sha256_file(file), False, path=str(file), heads=heads_origin)
+
+    model = XmagModel(spec, backbone, weights=info, heads=head_modules, tiny=tiny, overrides=overrides)
+    return model.to(target_device).eval()
+
+
+def _is_registered(name: str) -> bool:
+    try:
+        get_spec(name)
+    except UnknownModelError:
+        return False
+    return True
+
+
+def _new_heads(spec: ModelSpec, tiny: bool, backbone: nn.Module) -> nn.ModuleDict:
+    in_dim, out_dim = head_dims(spec, tiny=tiny, width=int(backbone.embed_dim))
+    return build_heads(in_dim, out_dim)
+
+
+def _load_into(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load an exactly fitting state dict into a backbone built on the meta device."""
+    try:
+        backbone.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as exc:  # pragma: no cover - convert_checkpoint has checked keys and shapes
+        raise WeightsError(f"{source}: {exc}") from exc
+    left = [n for n, t in [*backbone.named_parameters(), *backbone.named_buffers()] if t.is_meta]
+    if left:  # pragma: no cover - a backbone with state outside its state dict
+        raise WeightsError(f"{source}: {len(left)} tensors not set by the checkpoint, e.g. {left[:3]}")
+    backbone.float()

@@ -1,0 +1,181 @@
+"""Whole-slide embedding: coords by hand, features equal a direct forward, reruns, errors."""
+
+from __future__ import annotations
+
+import threading
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import BOXES, CMU1, SLIDES
+
+from napari_xmag.cli import main
+from napari_xmag.embed import (
+    EmbedCancelled,
+    EmbedSettings,
+    NoTissueError,
+    embed_patches,
+    embed_slide,
+    iter_patch_batches,
+)
+from napari_xmag.features import read_features
+from napari_xmag.models import create_model
+from napari_xmag.slide import Slide, SlideError
+from napari_xmag.synthetic import write_aperio_pyramid
+
+
+@pytest.fixture(scope="module")
+def tiny_xmag():
+    return create_model("xmag", weights="random", tiny=True)
+
+
+def direct_forward(model, slide_path, coords, mpp, size=224) -> np.ndarray:
+    """The reference: read each patch with the store and run the model on it, one by one."""
+    with Slide(slide_path) as slide, torch.inference_mode():
+        rows = [
+            model.embed(model.preprocess(slide.read_region(int(x), int(y), size, mpp=mpp).image[None]))
+            for x, y in coords
+        ]
+    return torch.cat(rows).numpy()
+
+
+def test_cli_embed_cmu1_coords_by_hand_and_features_equal_a_direct_forward(tmp_path, capsys) -> None:
+    """The real XMAG architecture (ViT-B/14, random weights) on real tissue at 5x."""
+    rc = main(["embed", str(CMU1.path), "--model", "xmag", "--weights", "random", "--out",
+               str(tmp_path), "--batch-size", "3", "--no-progress"])
+    assert rc == 0
+    assert "CMU-1-Small-Region.svs: 4 patches in" in capsys.readouterr().out
+    data = read_features(tmp_path / "CMU-1-Small-Region.h5")
+    # 224 px at 2.0 µm/px on a 0.499 µm/px scan: 897.8 level-0 px, so origins step by 898.
+    # The grid is 3 x 4 over 2220 x 2967; tissue passes the 25 % threshold in column 1 only.
+    step = 898
+    assert data.coords.tolist() == [[step, 0], [step, step], [step, 2 * step], [step, 3 * step]]
+    assert data.coords_attrs["patch_size"] == 224
+    assert data.coords_attrs["patch_size_level0"] == 898
+    assert data.coords_attrs["patch_size_level0_exact"] == pytest.approx(224 * 2.0 / 0.499)
+    assert data.coords_attrs["target_magnification"] == 5.0
+    assert data.coords_attrs["level0_magnification"] == 20.0
+    assert data.attrs["model"] == "xmag" and data.attrs["weights_random"] is True
+    assert data.attrs["precision"] == "fp32" and data.attrs["slide_mpp"] == 0.499
+    assert data.features.shape == (4, 768) and data.features.dtype == np.float32
+    model = create_model("xmag", weights="random")  # random weights are a fixed seeded draw
+    np.testing.assert_allclose(data.features, direct_forward(model, CMU1.path, data.coords, 2.0),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_embed_slide_on_a_pyramid_reads_level_1(tmp_path, pyramid_path, tiny_xmag) -> None:
+    result = embed_slide(pyramid_path, tiny_xmag, tmp_path, EmbedSettings(batch_size=4), progress=False)
+    data = read_features(result.output)
+    assert result.patches == len(data) > 4
+    assert not (data.coords % 896).any()  # level 1 (downsample 4) read on its own pixel grid
+    assert data.coords_attrs["level"] == 1
+    np.testing.assert_allclose(
+        data.features, direct_forward(tiny_xmag, pyramid_path, data.coords, 2.0), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_rerun_skips_and_other_settings_refuse(tmp_path, pyramid_path, tiny_xmag) -> None:
+    first = embed_slide(pyramid_path, tiny_xmag, tmp_path, progress=False)
+    stamp = first.output.stat().st_mtime_ns
+    again = embed_slide(pyramid_path, tiny_xmag, tmp_path, progress=False)
+    assert again.skipped and again.patches == first.patches and first.output.stat().st_mtime_ns == stamp
+    with pytest.raises(SlideError, match=r"exists, made with other settings \(stride: 224 -> 112\)"):
+        embed_slide(pyramid_path, tiny_xmag, tmp_path, EmbedSettings(stride=112), progress=False)
+    overlapped = embed_slide(pyramid_path, tiny_xmag, tmp_path, EmbedSettings(stride=112),
+                             overwrite=True, progress=False)
+    assert overlapped.patches > 3 * first.patches
+
+
+def test_zarr_keeps_token_grids(tmp_path, pyramid_path, tiny_xmag) -> None:
+    result = embed_slide(pyramid_path, tiny_xmag, tmp_path, EmbedSettings(tokens=True), fmt="zarr",
+                         progress=False)
+    data = read_features(result.output)
+    assert data.tokens is not None and data.tokens.shape == (len(data), 16, 16, tiny_xmag.embed_dim)
+    h5 = read_features(embed_slide(pyramid_path, tiny_xmag, tmp_path / "h5", progress=False).output)
+    np.testing.assert_allclose(data.features, h5.features, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_cpu_precisions_stay_close_to_fp32(tmp_path, pyramid_path, precision) -> None:
+    model = create_model("xmag", weights="random", tiny=True)
+    ref = read_features(embed_slide(pyramid_path, model, tmp_path / "fp32", progress=False).output)
+    out = embed_slide(pyramid_path, model, tmp_path / precision, EmbedSettings(precision=precision),
+                      progress=False)
+    data = read_features(out.output)
+    assert data.attrs["precision"] == precision
+    cos = (data.features * ref.features).sum(1) / (
+        np.linalg.norm(data.features, axis=1) * np.linalg.norm(ref.features, axis=1)
+    )
+    assert cos.min() > 0.98, cos.min()
+    # the caller's model is untouched: still fp32 and still giving the reference
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_batches_come_in_order_from_several_readers(pyramid_path) -> None:
+    coords = np.array([[x, y] for y in range(0, 2400, 896) for x in range(0, 3200, 896)])
+    batches = list(iter_patch_batches(pyramid_path, coords, 2.0, 224, batch_size=2, workers=3))
+    assert [len(b) for b in batches] == [2] * (len(coords) // 2) + [1] * (len(coords) % 2)
+    stacked = np.concatenate(batches)
+    with Slide(pyramid_path) as slide:
+        for i, (x, y) in enumerate(coords):
+            np.testing.assert_array_equal(stacked[i], slide.read_region(x, y, 224, mpp=2.0).image)
+
+
+def test_cancel_stops_without_writing(tmp_path, pyramid_path, tiny_xmag) -> None:
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        cancel.set()  # ask to stop after the first batch
+
+    with pytest.raises(EmbedCancelled, match="cancelled after"):
+        embed_slide(pyramid_path, tiny_xmag, tmp_path, EmbedSettings(batch_size=2), progress=progress,
+                    cancel=cancel)
+    assert seen == [2] and list(tmp_path.iterdir()) == []
+
+
+def test_embed_patches_empty_batch_list(tiny_xmag) -> None:
+    feats, tokens = embed_patches(tiny_xmag, iter([]), 0, progress=False)
+    assert feats.shape == (0, tiny_xmag.embed_dim) and tokens is None
+
+
+def test_no_tissue_is_a_clear_error(tmp_path, tiny_xmag) -> None:
+    blank = write_aperio_pyramid(tmp_path / "blank.svs", 2000, 1600,
+                                 lambda ds, y, x, h, w: np.full((h, w, 3), 250, np.uint8))
+    with pytest.raises(NoTissueError, match=r"blank\.svs: no 224 px patch at 2.0 µm/px holds 25% tissue"):
+        embed_slide(blank, tiny_xmag, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([str(BOXES.path)], "records no µm per pixel"),
+        ([str(SLIDES / "unreadable.svs")], "Bogus marker length"),
+        ([str(SLIDES / "broken.svs")], "not a slide format"),
+        ([str(CMU1.path), "--model", "hf-hub:MahmoodLab/UNI2-h", "--weights", "auto"], "UNI2-h"),
+        ([str(CMU1.path), "--mpp", "7y"], "7y"),
+    ],
+    ids=["no-mpp", "corrupt", "not-a-slide", "offline-weights", "bad-mpp"],
+)
+def test_cli_embed_errors_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    argv = ["embed", *args, "--out", str(tmp_path / "out"), "--no-progress"]
+    if "--model" not in args:
+        argv += ["--model", "xmag", "--weights", "random"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("xmag embed: error: ") and message in err[-1], err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_embed_with_mpp_override(tmp_path, capsys) -> None:
+    assert main(["embed", str(BOXES.path), "--model", "xmag", "--weights", "random", "--out",
+                 str(tmp_path), "--mpp-override", "0.25", "--tissue-threshold", "0", "--mpp", "20x",
+                 "--no-progress"]) == 0
+    with h5py.File(tmp_path / "boxes.h5") as f:
+        assert f["features"].attrs["mpp_override"] == 0.25
+        assert f["coords"].attrs["mpp"] == 0.5
