@@ -61,6 +61,35 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--no-progress", action="store_true")
     embed.set_defaults(func=_cmd_embed)
 
+    compare = sub.add_parser(
+        "compare", help="compare a 5x student with a 20x teacher on the same tissue",
+        description="Embed each 5x patch with the student and its 4x4 20x crops with the teacher;"
+        " write OUT/compare.h5 and OUT/report.json (per-patch cosine, CKA, ARI, timings).",
+    )
+    compare.add_argument("slide", type=Path, metavar="SLIDE")
+    compare.add_argument("--student", default="xmag",
+                         help="registry name, path or hf-hub:ORG/NAME (default: xmag)")
+    compare.add_argument("--teacher", default="uni2-h",
+                         help="registry name, path or hf-hub:ORG/NAME (default: uni2-h)")
+    compare.add_argument("--student-weights", default="auto", help="auto, random (tests only) or a file")
+    compare.add_argument("--teacher-weights", default="auto", help="auto, random (tests only) or a file")
+    compare.add_argument("--roi", default=None, metavar="X,Y,W,H",
+                         help="level-0 px; only 5x patches wholly inside it (default: the whole slide)")
+    compare.add_argument("--out", type=Path, required=True, help="output folder")
+    compare.add_argument("--mapping", default="auto", choices=["auto", "head", "ridge"],
+                         help="cosine through the student's head or a held-out ridge map (default: auto)")
+    compare.add_argument("--clusters", type=int, default=8, help="k-means K on both sides (default: 8)")
+    compare.add_argument("--tissue-threshold", type=float, default=0.25)
+    compare.add_argument("--mpp-override", type=float, default=None, metavar="UM",
+                         help="level-0 µm/px for slides that do not record it")
+    compare.add_argument("--batch-size", type=int, default=32)
+    compare.add_argument("--workers", type=int, default=2, help="slide-reading threads")
+    compare.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    compare.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
+    compare.add_argument("--no-progress", action="store_true")
+    compare.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: small models
+    compare.set_defaults(func=_cmd_compare)
+
     demo = sub.add_parser("demo", help="the offline demo: make the sample slide and show what it holds")
     demo.add_argument("--out", type=Path, default=None, help="folder (default: the user cache)")
     demo.set_defaults(func=_cmd_demo)
@@ -176,6 +205,26 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         result = embed_slide(path, model, args.out, settings, fmt=args.format,
                              overwrite=args.overwrite, progress=not args.no_progress)
         print(result.summary())
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_slide, parse_roi
+    from .models import create_model
+
+    roi = parse_roi(args.roi)  # a malformed ROI fails before any model is built
+    student = create_model(args.student, weights=args.student_weights, tiny=args.tiny)
+    teacher = create_model(args.teacher, weights=args.teacher_weights, tiny=args.tiny)
+    for side, model in (("student", student), ("teacher", teacher)):
+        if model.weights.random:
+            print(f"warning: RANDOM WEIGHTS ({side}): the comparison carries no meaning", file=sys.stderr)
+    result = compare_slide(
+        args.slide, student, teacher, args.out, roi, clusters=args.clusters, mapping=args.mapping,
+        tissue_threshold=args.tissue_threshold, mpp_override=args.mpp_override,
+        batch_size=args.batch_size, workers=args.workers, device=args.device,
+        precision=args.precision, progress=not args.no_progress,
+    )
+    print(result.summary())
     return 0
 
 
