@@ -168,12 +168,21 @@ def test_concurrent_reads_are_consistent(pyramid_path) -> None:
         assert not errors, errors[0]
 
 
-def test_one_shared_bounded_cache() -> None:
-    cache = shared_tile_cache()
-    assert cache is shared_tile_cache()
-    with Slide(CMU1.path) as a, Slide(CMU1.path) as b:
-        # openslide-python does not expose the cache it was given; the handles share ours
-        assert a._osr is not b._osr
+def test_one_shared_bounded_cache_released_with_the_last_slide() -> None:
+    import gc
+
+    from napari_xmag import slide as store
+
+    gc.collect()  # slides of earlier tests' napari layers are closed when collected
+    assert store._open_slides == 0, "a slide of an earlier test was never closed"
+    with Slide(CMU1.path) as a:
+        cache = shared_tile_cache()
+        with Slide(CMU1.path) as b:
+            assert shared_tile_cache() is cache  # both handles share one cache
+            b.pyramid[0][:10, :10].compute()
+        assert shared_tile_cache() is cache  # still in use by ``a``
+    # every slide closed: the cache (and its decoded tiles) is let go
+    assert shared_tile_cache() is not cache
 
 
 def test_read_region_at_an_mpp_on_a_pyramid(pyramid_path) -> None:

@@ -7,7 +7,9 @@ what OpenSlide returns for that tile. Tiles are composited onto white where tran
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import hashlib
 import math
 import os
 import threading
@@ -69,11 +71,42 @@ class MissingMppWarning(UserWarning):
     """The slide records no µm per pixel; physical scales are unknown."""
 
 
+_open_slides = 0
+_open_slides_lock = threading.Lock()
+
+
 @functools.cache
 def shared_tile_cache() -> openslide.OpenSlideCache:
-    """The one bounded tile cache every open slide shares (``XMAG_TILE_CACHE_MB``, default 64)."""
+    """The one bounded tile cache every open slide shares (``XMAG_TILE_CACHE_MB``, default 64).
+
+    Dropped when the last slide closes, so closing every slide gives its memory back.
+    """
     megabytes = float(os.environ.get(_TILE_CACHE_ENV, _DEFAULT_TILE_CACHE_MB))
     return openslide.OpenSlideCache(int(megabytes * 1024 * 1024))
+
+
+def _slide_opened() -> None:
+    global _open_slides
+    with _open_slides_lock:
+        _open_slides += 1
+
+
+def _slide_closed() -> None:
+    global _open_slides
+    with _open_slides_lock:
+        _open_slides -= 1
+        if _open_slides == 0:
+            shared_tile_cache.cache_clear()
+            _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Ask glibc to hand freed heap pages back to the OS: decoded tiles are many small
+    buffers that it would otherwise keep for reuse after every slide is closed."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def parse_mpp(value: float | str) -> float:
@@ -272,6 +305,7 @@ class Slide:
         self._tile_reads = 0
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
+        _slide_opened()  # last: a constructor that raised has nothing to close
 
     # ---- metadata ---------------------------------------------------------------------
     @property
@@ -369,10 +403,19 @@ class Slide:
                     lock=False,
                     inline_array=True,
                     meta=np.empty((0, 0, 3), np.uint8),
-                    name=f"xmag-{self.properties.get('openslide.quickhash-1', id(self))}-{level}",
+                    name=f"xmag-{self._content_token()}-{level}",
                 )
             )
         return arrays
+
+    def _content_token(self) -> str:
+        """Names the pyramid's dask chunks: the same file content gives the same name, so
+        napari's chunk cache is shared between two opens of one file and never between files."""
+        quickhash = self.properties.get("openslide.quickhash-1")
+        if quickhash:
+            return quickhash
+        stat = self.path.stat()
+        return hashlib.sha256(f"{self.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
 
     @property
     def tile_reads(self) -> int:
@@ -400,7 +443,7 @@ class Slide:
             ) from None
         with self._lock:
             self._tile_reads += 1
-        return _rgba_to_rgb(np.asarray(image))
+        return np.asarray(image)  # RGBA; callers composite it onto white
 
     def _read_level_window(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Level pixels [y:y+h, x:x+w], assembled from native tiles."""
@@ -419,12 +462,14 @@ class Slide:
 
         def paste(tile: tuple[int, int]) -> None:
             col, row = tile
-            pixels = self._read_tile(level, col, row)
+            rgba = self._read_tile(level, col, row)
             tx, ty = col * tw, row * th
             sx0, sy0 = max(x, tx), max(y, ty)
-            sx1 = min(x + w, tx + pixels.shape[1])
-            sy1 = min(y + h, ty + pixels.shape[0])
-            out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = pixels[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+            sx1 = min(x + w, tx + rgba.shape[1])
+            sy1 = min(y + h, ty + rgba.shape[0])
+            _composite_into(
+                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x], rgba[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+            )
 
         if len(tiles) < 4:
             for tile in tiles:
@@ -537,6 +582,12 @@ class Slide:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._osr.close()
+        _slide_closed()
+
+    def __del__(self) -> None:
+        # a slide dropped without close() (a napari layer deleted) still frees its handle
+        if not getattr(self, "_closed", True):
+            self.close()
 
     def __enter__(self) -> Slide:
         return self
@@ -550,11 +601,18 @@ class Slide:
 
 def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """Composite OpenSlide's (non-premultiplied) RGBA onto white."""
-    rgb = rgba[..., :3]
+    out = np.empty(rgba.shape[:2] + (3,), np.uint8)
+    _composite_into(out, rgba)
+    return out
+
+
+def _composite_into(out: np.ndarray, rgba: np.ndarray) -> None:
+    """Write RGBA composited onto white into ``out`` (H, W, 3)."""
     alpha = rgba[..., 3]
     if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
+        for c in range(3):  # channel by channel: ~6x faster than one strided RGBA->RGB copy
+            out[..., c] = rgba[..., c]
+        return
     a = alpha[..., None].astype(np.uint32)
     # round(c * a / 255 + 255 * (1 - a / 255)), in integers
-    return ((rgb.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
-
+    out[...] = (rgba[..., :3].astype(np.uint32) * a + 255 * (255 - a) + 127) // 255

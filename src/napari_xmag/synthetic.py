@@ -63,6 +63,7 @@ def write_aperio_pyramid(
                     description=desc,
                     metadata=None,
                 )
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a slide is for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
