@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-CMU1_SMALL = Path("/work/shared/data/slides/CMU-1-Small-Region.svs")
+# ../shared/data/slides beside the repository, as in the tests (XMAG_TEST_SLIDES overrides)
+SLIDES = Path(os.environ.get("XMAG_TEST_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
+CMU1_SMALL = SLIDES / "CMU-1-Small-Region.svs"
 
 
 def read_cmu1(path: Path = CMU1_SMALL) -> np.ndarray:
