@@ -1,0 +1,174 @@
+"""Attention files: one h5 per slide with each patch's coordinates and its ABMIL attention.
+
+``<OUT>/attention/<slide stem>.h5``, written atomically:
+
+====================  =============  ====================================================
+dataset               shape          meaning
+====================  =============  ====================================================
+``coords``            (N, 2) int64   level-0 x, y of each patch (as in the features file),
+                                     with the features file's ``coords`` attributes
+                                     (``patch_size_level0``, ``mpp``, ...)
+``attention``         (N,) float32   softmax attention over the slide's bag (sums to 1)
+``attention_logits``  (N,) float32   the scores before the softmax, ``w^T(tanh(Vh) * sigm(Uh))``
+====================  =============  ====================================================
+
+File attributes: ``slide``, ``label`` (true class name), ``prediction`` (predicted class
+name), ``probabilities`` (per class), ``classes``, ``fold`` (the fold whose model held the
+slide out), ``method`` (``abmil`` or ``finetune``), ``source`` (the features file or slide),
+``format`` = ``napari-xmag-attention``, ``format_version``, ``xmag_version``.
+
+Softmax weights shrink as bags grow (a 4000-patch slide has mean weight 1/4000); for a
+heatmap use :meth:`AttentionMap.percentiles` (CLAM's choice) or the logits.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ATTENTION_FORMAT",
+    "AttentionMap",
+    "attention_attrs",
+    "attention_path",
+    "read_attention",
+    "write_attention",
+]
+
+ATTENTION_FORMAT = "napari-xmag-attention"
+ATTENTION_VERSION = 1
+
+
+@dataclass
+class AttentionMap:
+    coords: np.ndarray  # (N, 2) int64 level-0 x, y
+    attention: np.ndarray  # (N,) softmax weights, sum 1
+    logits: np.ndarray  # (N,) pre-softmax scores
+    attrs: dict[str, Any] = field(default_factory=dict)
+    coords_attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def percentiles(self) -> np.ndarray:
+        """Each patch's attention rank as a fraction in [0, 1] (ties share a rank)."""
+        from scipy.stats import rankdata
+
+        if len(self.attention) < 2:
+            return np.ones(len(self.attention), np.float32)
+        ranks = rankdata(self.logits, method="average")
+        return ((ranks - 1) / (len(ranks) - 1)).astype(np.float32)
+
+
+def attention_attrs(
+    slide: str, classes: list[str], label: int, probabilities: np.ndarray, fold: int, method: str, source: str
+) -> dict[str, Any]:
+    """The file attributes of one held-out slide's attention (see the module docstring)."""
+    return {
+        "slide": slide,
+        "label": classes[int(label)],
+        "prediction": classes[int(np.argmax(probabilities))],
+        "probabilities": [float(p) for p in probabilities],
+        "classes": list(classes),
+        "fold": int(fold),
+        "method": method,
+        "source": str(source),
+    }
+
+
+def attention_path(out_dir: str | os.PathLike[str], stem: str) -> Path:
+    """``OUT/attention/<stem>.h5``."""
+    return Path(out_dir) / "attention" / f"{stem}.h5"
+
+
+def write_attention(path: str | os.PathLike[str], data: AttentionMap) -> Path:
+    """Write one slide's attention file atomically (temporary sibling, then rename)."""
+    import h5py
+
+    from .. import __version__
+
+    path = Path(path)
+    n = len(data.coords)
+    if data.attention.shape != (n,) or data.logits.shape != (n,):
+        raise ValueError(f"{n} coords but attention {data.attention.shape}, logits {data.logits.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            coords = f.create_dataset("coords", data=np.asarray(data.coords, np.int64).reshape(-1, 2))
+            f.create_dataset("attention", data=np.asarray(data.attention, np.float32))
+            f.create_dataset("attention_logits", data=np.asarray(data.logits, np.float32))
+            for key, value in data.coords_attrs.items():
+                coords.attrs[key] = _plain(value)
+            attrs = {
+                **data.attrs,
+                "format": ATTENTION_FORMAT,
+                "format_version": ATTENTION_VERSION,
+                "xmag_version": __version__,
+            }
+            for key, value in attrs.items():
+                f.attrs[key] = _plain(value)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_attention(path: str | os.PathLike[str]) -> AttentionMap:
+    """Read an attention file written by :func:`write_attention`."""
+    import h5py
+
+    from ..features import FeatureFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureFileError(f"{path}: no such attention file")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != ATTENTION_FORMAT:
+                raise FeatureFileError(f"{path}: not a napari-xmag attention file")
+            return AttentionMap(
+                coords=np.asarray(f["coords"][:], np.int64),
+                attention=np.asarray(f["attention"][:], np.float32),
+                logits=np.asarray(f["attention_logits"][:], np.float32),
+                attrs=_read_attrs(f.attrs),
+                coords_attrs=_read_attrs(f["coords"].attrs),
+            )
+    except (OSError, KeyError) as err:
+        raise FeatureFileError(f"{path}: not a readable attention file ({err})") from None
+
+
+def _plain(value: Any) -> Any:
+    """h5 attribute values: numbers, strings, lists of them; None as ''."""
+    if value is None:
+        return ""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value) if value and not isinstance(value[0], str) else [str(v) for v in value]
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _read_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, np.ndarray):
+            value = [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
