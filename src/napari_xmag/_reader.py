@@ -59,3 +59,40 @@ def slide_layer_data(path: str, mpp: float | None = None) -> tuple[Any, dict[str
         kwargs["scale"] = (slide.mpp_y, slide.mpp_x)
         kwargs["units"] = ("um", "um")
     return slide.pyramid, kwargs, "image"
+
+
+# ---- our own files: maps as OME-Zarr, label maps as GeoJSON --------------------------------
+def get_map_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] | None:
+    """Return :func:`read_maps` for OME-Zarr maps and GeoJSON written by napari-xmag, else None.
+
+    Only files carrying our metadata are claimed: a features store (``<slide>.zarr``, zarr v3
+    with ``coords``/``features``), another tool's OME-Zarr or a plain GeoJSON is left to other
+    readers. Never raises.
+    """
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths:
+        return None
+    try:
+        from .writers import is_map_geojson, is_map_zarr
+
+        for p in paths:
+            p = str(p).rstrip("/\\")
+            if not (is_map_zarr(p) or is_map_geojson(p)):
+                return None
+    except Exception:  # probing must never break napari's reader search
+        return None
+    return read_maps
+
+
+def read_maps(path: str | list[str]) -> LayerData:
+    """Layers of our map files, with the scale/translate (µm) that put them on the slide."""
+    from .writers import geojson_layer_data, is_map_zarr, read_ome_zarr
+
+    layers: LayerData = []
+    for p in [path] if isinstance(path, str) else list(path):
+        p = str(p).rstrip("/\\")
+        if is_map_zarr(p):
+            layers.extend(m.layer_data() for m in read_ome_zarr(p))
+        else:
+            layers.append(geojson_layer_data(p))
+    return layers

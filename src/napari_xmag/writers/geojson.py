@@ -1,0 +1,264 @@
+"""Label maps as QuPath-compatible GeoJSON, and back.
+
+A FeatureCollection in **level-0 pixel coordinates** (x right, y down; QuPath's convention):
+by default one Feature per class whose geometry is a MultiPolygon of all its cells
+(``split="region"``: one Polygon Feature per 4-connected region), with QuPath's
+``properties.objectType = "annotation"`` and ``properties.classification = {"name", "color"}``.
+
+The polygons are exact: the union of each class's cells (runs of cells along a row are merged
+into boxes first), so a class's area is its number of cells times the cell area in level-0 px²
+(up to the 0.001 px rounding of the coordinates). Holes (another class inside) are interior
+rings. The collection's foreign member ``xmag`` (ignored by QuPath) holds the slide's µm/px and
+the map's metadata, which is what lets :func:`geojson_layer_data` put the polygons back on the
+slide in napari.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..maps import MapGrid, SlideMap, label_colors
+from ._atomic import atomic_path
+from .errors import WriterError
+
+__all__ = [
+    "GEOJSON_FORMAT",
+    "Annotations",
+    "geojson_layer_data",
+    "is_map_geojson",
+    "label_polygons",
+    "labels_to_geojson",
+    "read_geojson",
+    "write_geojson",
+]
+
+GEOJSON_FORMAT = "napari-xmag-geojson"
+GEOJSON_VERSION = 1
+PRECISION = 1e-3  # level-0 px
+SPLITS = ("class", "region")
+
+
+def map_grid(m: SlideMap) -> MapGrid:
+    """The map's cell geometry: its own grid, else the one its scale/translate and mpp imply."""
+    shape = m.data.shape[-2:]
+    if m.grid is not None and m.grid.shape == tuple(shape):
+        return m.grid
+    mpp = m.metadata.get("slide_mpp")
+    if not mpp:
+        raise WriterError(f"{m.name}: no slide µm/px in the map's metadata; cannot place it in level-0 px")
+    return MapGrid.from_transform(m.scale, m.translate, float(mpp), shape)
+
+
+def label_polygons(m: SlideMap) -> dict[int, Any]:
+    """Each non-zero label's exact (Multi)Polygon in level-0 px (shapely), keyed by label."""
+    import shapely
+
+    if m.data.ndim != 2 or not np.issubdtype(m.data.dtype, np.integer):
+        raise WriterError(
+            f"{m.name}: GeoJSON is written from 2D integer labels, not {m.data.dtype} {m.data.shape}"
+        )
+    grid = map_grid(m)
+    data = np.asarray(m.data)
+    rows, cols = data.shape
+    xe = grid.x0 + np.arange(cols + 1) * grid.step_x  # shared edges: identical floats
+    ye = grid.y0 + np.arange(rows + 1) * grid.step_y
+    out: dict[int, Any] = {}
+    for label in np.unique(data):
+        if label == 0:
+            continue
+        mask = np.pad(data == label, [(0, 0), (1, 1)]).astype(np.int8)
+        d = np.diff(mask, axis=1)
+        r_start, c_start = np.nonzero(d == 1)
+        r_end, c_end = np.nonzero(d == -1)  # same row order, so runs pair up
+        boxes = shapely.box(xe[c_start], ye[r_start], xe[c_end], ye[r_end + 1])
+        geom = shapely.union_all(boxes)
+        geom = shapely.set_precision(geom, PRECISION)
+        geom = shapely.orient_polygons(shapely.simplify(geom, 0))
+        out[int(label)] = geom
+    return out
+
+
+def _polygons(geom: Any) -> list[Any]:
+    return [g for g in getattr(geom, "geoms", [geom]) if not g.is_empty]
+
+
+def labels_to_geojson(m: SlideMap, split: str = "class") -> dict[str, Any]:
+    """The FeatureCollection of a label map (see the module docstring)."""
+    import shapely
+    from shapely.geometry import MultiPolygon, mapping
+
+    if split not in SPLITS:
+        raise WriterError(f"split must be one of {SPLITS}, not {split!r}")
+    if not m.metadata.get("slide_mpp"):
+        raise WriterError(f"{m.name}: no slide µm/px in the map's metadata (GeoJSON needs the slide's)")
+    grid = map_grid(m)
+    classes = m.classes
+    colors = m.colors
+    cell_area = grid.step_x * grid.step_y
+    features = []
+    slide = str(m.metadata.get("slide_path") or m.metadata.get("slide_name") or "")
+    for label, geom in label_polygons(m).items():
+        name = classes[label - 1] if 0 < label <= len(classes) else f"label {label}"
+        color = colors[label - 1] if 0 < label <= len(colors) else label_colors(label)[-1]
+        polys = _polygons(geom)
+        parts = [MultiPolygon(polys)] if split == "class" else polys
+        for i, part in enumerate(parts):
+            features.append({
+                "type": "Feature",
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"napari-xmag:{slide}:{m.name}:{label}:{i}")),
+                "geometry": mapping(part),
+                "properties": {
+                    "objectType": "annotation",
+                    "name": name,
+                    "classification": {"name": name, "color": [int(c) for c in color]},
+                    "isLocked": False,
+                    "xmag_label": int(label),
+                    "xmag_cells": round(float(shapely.area(part)) / cell_area, 3),
+                },
+            })
+    return {
+        "type": "FeatureCollection",
+        "xmag": {
+            "format": GEOJSON_FORMAT,
+            "format_version": GEOJSON_VERSION,
+            "coordinates": "level-0 pixels, x right, y down (QuPath)",
+            "name": m.name,
+            "kind": m.kind,
+            "slide_path": str(m.metadata.get("slide_path") or ""),
+            "slide_mpp": float(m.metadata["slide_mpp"]),
+            "cell_area_level0": cell_area,
+            "split": split,
+            "metadata": json.loads(json.dumps(m.metadata, allow_nan=False, default=str)),
+        },
+        "features": features,
+    }
+
+
+def write_geojson(path: str | os.PathLike[str], m: SlideMap, split: str = "class") -> Path:
+    """Write a label map's polygons as GeoJSON, atomically."""
+    collection = labels_to_geojson(m, split)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(collection, allow_nan=False), encoding="utf-8")
+    return Path(path)
+
+
+# ---- read -----------------------------------------------------------------------------------
+@dataclass
+class Annotations:
+    """A GeoJSON written by :func:`write_geojson`: shapely geometries in level-0 px, per feature."""
+
+    geometries: list[Any]
+    classes: list[str]
+    colors: list[list[int]]
+    labels: list[int]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slide_mpp(self) -> float:
+        return float(self.info["slide_mpp"])
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_map_geojson(path: str | os.PathLike[str]) -> bool:
+    """True for a GeoJSON written by :func:`write_geojson`; False (never an error) otherwise."""
+    try:
+        p = Path(path)
+        if not p.is_file() or p.suffix.lower() not in (".geojson", ".json"):
+            return False
+        with p.open("rb") as fh:
+            if b"napari-xmag-geojson" not in fh.read(1 << 16):  # our member comes first
+                return False
+        data = _load(p)
+        info = data.get("xmag") if isinstance(data, dict) else None
+        return isinstance(info, dict) and info.get("format") == GEOJSON_FORMAT and bool(info.get("slide_mpp"))
+    except (OSError, ValueError):
+        return False
+
+
+def read_geojson(path: str | os.PathLike[str]) -> Annotations:
+    from shapely.geometry import shape
+
+    from ..features import FeatureFileError
+
+    p = Path(path)
+    if not is_map_geojson(p):
+        raise FeatureFileError(f"{p}: not a napari-xmag GeoJSON (no xmag member with the slide µm/px)")
+    try:
+        data = _load(p)
+        geoms, classes, colors, labels = [], [], [], []
+        for feat in data["features"]:
+            props = feat.get("properties") or {}
+            cls = props.get("classification") or {}
+            geoms.append(shape(feat["geometry"]))
+            classes.append(str(cls.get("name") or props.get("name") or ""))
+            colors.append([int(c) for c in cls.get("color", [255, 255, 0])][:3])
+            labels.append(int(props.get("xmag_label", 0)))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise FeatureFileError(f"{p}: not a readable GeoJSON ({err})") from None
+    return Annotations(geoms, classes, colors, labels, dict(data["xmag"]))
+
+
+def _ring(coords: Any) -> np.ndarray:
+    a = np.asarray(coords, np.float64)[:, :2]
+    return a[:-1] if len(a) > 1 and np.array_equal(a[0], a[-1]) else a
+
+
+def polygon_vertices(poly: Any) -> np.ndarray:
+    """One polygon as a single vertex ring (level-0 x, y), holes included napari's way: after the
+    exterior, each hole is walked from the exterior's first vertex and back (even-odd filling)."""
+    ext = _ring(poly.exterior.coords)
+    parts = [ext]
+    for hole in poly.interiors:
+        h = _ring(hole.coords)
+        parts.append(np.vstack([ext[:1], h, h[:1]]))
+    if len(parts) > 1:
+        parts.append(ext[:1])
+    return np.vstack(parts)
+
+
+def geojson_layer_data(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], dict[str, Any], str]:
+    """A napari Shapes layer data tuple: polygons in µm (y, x), on the slide layer of our reader.
+
+    Level-0 pixel ``x`` is centred at ``x * mpp``, so a polygon vertex at level-0 position ``X``
+    (a pixel edge) is drawn at ``(X - 0.5) * mpp``.
+    """
+    ann = read_geojson(path)
+    mpp = ann.slide_mpp
+    shapes, classes, labels, edge, face = [], [], [], [], []
+    for geom, cls, rgb, label in zip(ann.geometries, ann.classes, ann.colors, ann.labels, strict=True):
+        for poly in _polygons(geom):
+            xy = polygon_vertices(poly)
+            shapes.append(((xy[:, ::-1]) - 0.5) * mpp)
+            classes.append(cls)
+            labels.append(label)
+            color = [c / 255 for c in rgb]
+            edge.append([*color, 1.0])
+            face.append([*color, 0.35])
+    meta = dict(ann.info.get("metadata") or {})
+    meta.setdefault("slide_mpp", mpp)
+    meta.setdefault("slide_path", ann.info.get("slide_path", ""))
+    cell = float(ann.info.get("cell_area_level0") or 1.0) ** 0.5 * mpp
+    kwargs: dict[str, Any] = {
+        "name": str(ann.info.get("name") or Path(path).stem),
+        "shape_type": "polygon",
+        "edge_color": edge or "yellow",
+        "face_color": face or "transparent",
+        "edge_width": max(cell / 20, mpp),
+        "features": {"class": classes, "label": labels},
+        "units": ("um", "um"),
+        "metadata": {
+            "xmag_map": meta,
+            "xmag_geojson": {k: v for k, v in ann.info.items() if k != "metadata"},
+        },
+    }
+    return shapes, kwargs, "shapes"
