@@ -1,0 +1,1 @@
+"""napari dock widgets: wiring controls to library calls, nothing more."""
