@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm  # noqa: F401  # first: importing triton (through timm) after a napari viewer exists crashes under Xvfb
 
 ROOT = Path(__file__).resolve().parents[1]
 SLIDES = Path(os.environ.get("XMAG_TEST_SLIDES", ROOT.parent / "shared" / "data" / "slides"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import BAD_FILES, BOXES, CMU1, SLIDES
@@ -73,8 +74,8 @@ def test_console_script_runs(tmp_path) -> None:
     assert result.stderr.strip() == f"xmag info: error: {tmp_path / 'missing.svs'}: no such file"
 
 
-def test_demo_writes_and_describes_the_sample(tmp_path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert f"sample slide: {tmp_path / 'xmag-sample-v1.svs'}" in out
-    assert "5x (2.0 µm/px):  level 1, as is" in out
+def test_cli_reference_is_current() -> None:
+    """docs/cli-reference.md is generated from the parser; regenerate it when this fails."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gen_cli_reference.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

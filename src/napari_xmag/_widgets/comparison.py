@@ -1,0 +1,410 @@
+"""The teacher comparison dock widget: wiring only; the work is in :mod:`napari_xmag.compare`.
+
+Pick a slide layer, a student and a teacher, and where: the whole slide (a GPU job) or the
+last rectangle of a Shapes layer (CPU-friendly), press *Run*; or *Load* a folder an earlier
+run (or ``xmag compare``) wrote. Three panels appear side by side, each over the slide:
+
+* on the slide itself, the per-patch student-teacher cosine (:func:`maps.cosine_map`, aligned
+  with the slide layer);
+* one slide width to the right, a copy of the slide with the student's k-means clusters;
+* two slide widths to the right, a copy with the teacher's k-means clusters on the same
+  patches, their colours matched to the student's clusters (the ARI compares these two).
+
+Side by side rather than stacked, so that the two clusterings can be compared at a glance and
+the cosine map never hides them; the copies share the slide's pyramid (no extra memory). The
+table gives patch counts, wall times, speed-up, cosine, CKA and ARI from the report.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
+
+from napari_xmag import compare, maps
+from napari_xmag.models import list_models
+
+# timm (through torchvision) imports torch._dynamo and triton. Imported after an OpenGL context
+# on Mesa's llvmpipe (Xvfb, CI) exists, triton's LLVM clashes with Mesa's and the process
+# segfaults; so they load with this module, before a test viewer draws (napari users with a
+# vendor OpenGL driver are not affected either way).
+import timm  # noqa: F401  isort: skip
+
+if TYPE_CHECKING:
+    import napari
+
+#: Metadata key of the layers this widget owns; its value names the layer's role.
+ROLE = "xmag-comparison"
+WHOLE_SLIDE = "whole slide (GPU)"
+RANDOM = "random (tests only: the numbers carry NO meaning)"
+WEIGHTS = ("auto", RANDOM)
+GAP = 0.05  # between the panels, as a fraction of the slide width
+CAPTION_SIZE = 12
+
+
+def roi_from_rectangle(
+    corners_um: np.ndarray, mpp: tuple[float, float], translate: tuple[float, float] = (0.0, 0.0)
+) -> tuple[int, int, int, int]:
+    """Level-0 ``(x, y, w, h)`` of a rectangle given by its world corners (µm, rows of y, x).
+
+    Level-0 pixel ``x`` is centred at ``x * mpp`` (napari's convention), so the world edge
+    ``u`` µm is the pixel boundary ``u / mpp + 0.5``; boundaries are rounded to whole pixels.
+    """
+    world = np.asarray(corners_um, np.float64)[:, -2:] - np.asarray(translate, np.float64)
+    (y0, x0), (y1, x1) = world.min(0), world.max(0)
+    mpp_y, mpp_x = mpp
+    px0, px1 = round(x0 / mpp_x + 0.5), round(x1 / mpp_x + 0.5)
+    py0, py1 = round(y0 / mpp_y + 0.5), round(y1 / mpp_y + 0.5)
+    return (int(px0), int(py0), int(px1 - px0), int(py1 - py0))
+
+
+def table_rows(report: dict[str, Any]) -> dict[str, str]:
+    """The table's rows from a comparison report: name -> formatted value."""
+
+    def num(v: float | None, fmt: str = ".3f") -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    sec, cos = report["seconds"], report["cosine"]
+    random = [s for s in ("student", "teacher") if report[s]["weights"]["random"]]
+    return {
+        "student": f"{report['student']['model']} @ {report['student']['mpp']:g} µm/px",
+        "teacher": f"{report['teacher']['model']} @ {report['teacher']['mpp']:g} µm/px",
+        "weights": "RANDOM: " + ", ".join(random) if random else "real",
+        "student patches": str(report["patches"]["student"]),
+        "teacher crops": str(report["patches"]["teacher"]),
+        "student time (s)": f"{sec['student']:.2f}",
+        "teacher time (s)": f"{sec['teacher']:.2f}",
+        "speed-up": f"{num(report['speedup'], '.1f')}x",
+        "cosine mean": f"{num(cos['mean'])} ({report['mapping']}, {cos['scored']} scored)",
+        "CKA": num(report["cka"]),
+        "ARI": f"{num(report['ari'])} (k={report['clusters']})",
+    }
+
+
+def matched_labels(student: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """Teacher cluster ids renamed to the student clusters they overlap most (one to one)."""
+    from scipy.optimize import linear_sum_assignment
+
+    k = int(max(student.max(initial=0), teacher.max(initial=0))) + 1
+    overlap = np.zeros((k, k), np.int64)
+    np.add.at(overlap, (teacher, student), 1)
+    rows, cols = linear_sum_assignment(-overlap)
+    rename = np.arange(k)
+    rename[rows] = cols
+    return rename[teacher]
+
+
+class ComparisonWidget(Container):
+    """Dock widget: the 5x student against the 20x teacher, on a slide or a rectangle of it."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._tiny = False  # tests: the small configurations of the models
+        self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
+        students = [n for n in list_models() if n == "xmag"] or list_models()
+        teachers = [n for n in list_models() if n != "xmag"]
+        self._student_edit = ComboBox(label="student", choices=students, value=students[0])
+        self._teacher_edit = ComboBox(label="teacher", choices=teachers, value=teachers[0])
+        self._weights_edit = ComboBox(
+            label="weights", choices=WEIGHTS, value="auto",
+            tooltip="auto: each model's own weights (hub or cache); random: for tests only",
+        )
+        self._roi_edit = ComboBox(
+            label="where", choices=self._roi_sources,
+            tooltip="the whole slide (hours of teacher time on a CPU), or the selected (or last)"
+            " rectangle of a Shapes layer",
+        )
+        self._out_edit = FileEdit(label="output folder", mode="d",
+                                  tooltip="where compare.h5 and report.json go (Run) or are (Load)")
+        self._run_button = PushButton(text="Run")
+        self._load_button = PushButton(text="Load")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = Container(widgets=[self._run_button, self._load_button, self._cancel_button],
+                            layout="horizontal", labels=False)
+        self._table = Table()
+        self._table.read_only = True
+        self._status = Label(value="")
+        self._status.native.setWordWrap(True)
+        self.extend([self._slide_edit, self._student_edit, self._teacher_edit, self._weights_edit,
+                     self._roi_edit, self._out_edit, buttons, self._table, self._status])
+        self._worker: Any = None
+        self._cancel: threading.Event | None = None
+        self._progress: Any = None
+        self._signals: Any = None
+        self.result: compare.ComparisonResult | None = None
+        self._run_button.changed.connect(self._on_run)
+        self._load_button.changed.connect(self._on_load)
+        self._cancel_button.changed.connect(self._on_cancel)
+        self._weights_edit.changed.connect(self._on_weights)
+        viewer.layers.events.inserted.connect(self._on_layers_changed)
+        viewer.layers.events.removed.connect(self._on_layers_changed)
+
+    # ---- choices ------------------------------------------------------------------------
+    def _slide_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, Image) and "xmag" in layer.metadata and ROLE not in layer.metadata
+        ]
+
+    def _roi_sources(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Shapes
+
+        shapes = [(f"{layer.name} (rectangle)", layer) for layer in self._viewer.layers
+                  if isinstance(layer, Shapes) and ROLE not in layer.metadata]
+        return [(WHOLE_SLIDE, WHOLE_SLIDE), *shapes]
+
+    # ---- handlers -----------------------------------------------------------------------
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        self._slide_edit.reset_choices()
+        self._roi_edit.reset_choices()
+
+    def _on_weights(self, _event: Any = None) -> None:
+        if self._weights_edit.value == RANDOM:
+            self._status.value = "RANDOM WEIGHTS: for tests only; every number and map will be noise."
+
+    def _on_run(self, _event: Any = None) -> None:
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        layer = self._slide_edit.value
+        if layer is None:
+            self._status.value = "Open a slide with napari-xmag first."
+            return
+        try:
+            roi = self._roi()
+        except ValueError as err:
+            self._status.value = str(err)
+            return
+        meta = layer.metadata["xmag"]
+        mpp = meta.get("mpp_x") if meta.get("mpp_source") == "override" else None
+        out = self._out_dir(layer)
+        weights = "random" if self._weights_edit.value == RANDOM else "auto"
+        student, teacher, tiny = self._student_edit.value, self._teacher_edit.value, self._tiny
+        self._cancel = threading.Event()
+        cancel = self._cancel
+        self._status.value = f"Loading {student} and {teacher}..."
+        signals = self._signals = _signals_class()()
+        signals.advanced.connect(self._on_progress)
+
+        # The models are built here, on the main thread: their first build imports parts of
+        # torch (dynamo, triton) that crash when first imported from a worker thread under Qt.
+        from napari_xmag.models import create_model
+        from napari_xmag.models.weights import WeightsError
+
+        try:
+            s = create_model(student, weights=weights, tiny=tiny)
+            t = create_model(teacher, weights=weights, tiny=tiny)
+        except (WeightsError, OSError, ValueError) as err:
+            self._status.value = f"{err}\n(choose weights: {RANDOM} to try the widget without them)"
+            return
+
+        @thread_worker
+        def work() -> compare.ComparisonResult:
+            return compare.compare_slide(
+                meta["path"], s, t, out, roi=roi, mpp_override=mpp, progress=signals.advanced.emit,
+                cancel=cancel,
+            )
+
+        self._progress = progress(total=0, desc="XMAG teacher comparison")
+        self._worker = work(
+            _connect={"returned": self._on_result, "errored": self._on_error, "finished": self._on_finished},
+            _start_thread=False,
+        )
+        self._set_running(True)
+        where = "the whole slide" if roi is None else f"ROI x={roi[0]} y={roi[1]} w={roi[2]} h={roi[3]} px"
+        self._status.value = f"Comparing {student} with {teacher} on {where} -> {out}"
+        self._worker.start()
+
+    def _on_load(self, _event: Any = None) -> None:
+        folder = self._out_edit.value
+        try:
+            result = compare.read_comparison(folder)
+        except (compare.ComparisonFileError, OSError, KeyError, ValueError) as err:
+            self._status.value = f"{folder}: {err}"
+            return
+        self._on_result(result)
+
+    def _on_cancel(self, _event: Any = None) -> None:
+        if self._cancel is not None:
+            self._cancel.set()
+            self._status.value = "Cancelling after the current batch; nothing will be written."
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.total = total
+            self._progress.n = done
+            self._progress.refresh()
+
+    def _on_error(self, err: BaseException) -> None:
+        from napari_xmag.embed import EmbedCancelled
+
+        if isinstance(err, EmbedCancelled):
+            self._status.value = "Cancelled: nothing was written."
+        else:
+            self._status.value = f"{type(err).__name__}: {err}"
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def _on_result(self, result: compare.ComparisonResult) -> None:
+        self.result = result
+        cos = maps.cosine_map(result)
+        translate, width_um = self._slide_frame(result)
+        shift = width_um * (1 + GAP)
+        slide = self._slide_for(result)
+        data, kw, _ = cos.layer_data()
+        kw["translate"] = tuple(np.add(kw["translate"], translate))
+        self._show_image("cosine", data, kw)
+        grid = cos.grid
+        rows, cols = grid.cells(result.coords)
+        s_lab = np.asarray(result.student_clusters, np.int64)
+        t_lab = matched_labels(s_lab, np.asarray(result.teacher_clusters, np.int64))
+        k = int(result.report["clusters"])
+        r = result.report
+        for i, (side, labels) in enumerate((("student", s_lab), ("teacher", t_lab)), start=1):
+            offset = (translate[0], translate[1] + i * shift)
+            if slide is not None:
+                self._show_slide_copy(side, slide, offset)
+            raster = maps.rasterize_labels(grid, rows, cols, labels + 1)
+            name = f"{side} k-means: {r[side]['model']} @ {r[side]['mpp']:g} µm/px"
+            if r[side]["weights"]["random"]:
+                name += " (RANDOM WEIGHTS)"
+            self._show_labels(side, raster, grid, offset, name, maps.label_colors(k))
+        self._show_captions(result, translate, width_um, shift)
+        rows_ = table_rows(result.report)
+        self._table.value = {"data": [[v] for v in rows_.values()], "index": list(rows_),
+                             "columns": ["value"]}
+        self._table.native.resizeColumnsToContents()
+        self._status.value = result.summary()
+        if slide is not None:
+            self._viewer.layers.selection.active = slide
+
+    # ---- wiring helpers -----------------------------------------------------------------
+    def _set_running(self, running: bool) -> None:
+        self._run_button.enabled = not running
+        self._load_button.enabled = not running
+        self._cancel_button.enabled = running
+
+    def _roi(self) -> tuple[int, int, int, int] | None:
+        source = self._roi_edit.value
+        if source == WHOLE_SLIDE or source is None:
+            return None
+        if len(source.data) == 0:
+            raise ValueError(f"{source.name} is empty: draw a rectangle on the slide")
+        selected = sorted(source.selected_data)
+        item = source.data[selected[-1] if selected else -1]
+        corners = np.array([source.data_to_world(v) for v in np.atleast_2d(item)])
+        layer = self._slide_edit.value
+        return roi_from_rectangle(corners, tuple(layer.scale[-2:]), tuple(layer.translate[-2:]))
+
+    def _out_dir(self, layer: Any) -> Path:
+        value = self._out_edit.value
+        if value is not None and str(value) not in ("", "."):
+            return Path(value)
+        from napari_xmag.sample import cache_dir
+
+        out = cache_dir() / "comparisons" / Path(layer.metadata["xmag"]["path"]).stem
+        self._out_edit.value = out
+        return out
+
+    def _slide_for(self, result: compare.ComparisonResult) -> Any:
+        """The slide layer the comparison was made on: the chosen one, else one with its path."""
+        want = Path(str(result.report.get("slide", "")))
+        layers = [layer for _, layer in self._slide_layers()]
+        chosen = self._slide_edit.value
+        if chosen is not None:
+            layers.insert(0, chosen)
+        for layer in layers:
+            if Path(str(layer.metadata["xmag"].get("path", ""))).name == want.name:
+                return layer
+        return None
+
+    def _slide_frame(self, result: compare.ComparisonResult) -> tuple[tuple[float, float], float]:
+        """The slide layer's translate (µm, y, x) and the slide's width in µm."""
+        r = result.report
+        slide = self._slide_for(result)
+        translate = (0.0, 0.0) if slide is None else tuple(float(t) for t in slide.translate[-2:])
+        return translate, float(r["slide_dimensions"][0]) * float(r["slide_mpp"])  # type: ignore[return-value]
+
+    def _owned(self, role: str) -> Any:
+        for layer in self._viewer.layers:
+            if layer.metadata.get(ROLE) == role:
+                return layer
+        return None
+
+    def _show_image(self, role: str, data: Any, kw: dict[str, Any]) -> Any:
+        layer = self._owned(role)
+        if layer is not None:
+            self._viewer.layers.remove(layer)
+        kw = {**kw, "metadata": {**kw.get("metadata", {}), ROLE: role}}
+        return self._viewer.add_image(data, **kw)
+
+    def _show_slide_copy(self, side: str, slide: Any, offset: tuple[float, float]) -> Any:
+        role = f"{side} slide"
+        layer = self._owned(role)
+        if layer is None:
+            return self._viewer.add_image(
+                slide.data, rgb=True, multiscale=slide.multiscale, scale=slide.scale[-2:],
+                translate=offset, units=slide.units[-2:], contrast_limits=(0, 255),
+                name=f"{slide.name} ({side} panel)", metadata={ROLE: role},
+            )
+        layer.translate = offset
+        return layer
+
+    def _show_labels(self, side: str, raster: np.ndarray, grid: Any, offset: tuple[float, float],
+                     name: str, colors: list[list[int]]) -> Any:
+        cmap: dict[Any, Any] = {None: [0, 0, 0, 0], 0: [0, 0, 0, 0]}
+        for i, rgb in enumerate(colors, start=1):
+            cmap[i] = [c / 255 for c in rgb] + [1.0]
+        translate = (grid.translate[0] + offset[0], grid.translate[1] + offset[1])
+        role = f"{side} clusters"
+        layer = self._owned(role)
+        if layer is not None:
+            self._viewer.layers.remove(layer)
+        return self._viewer.add_labels(
+            raster.astype(np.int32), name=name, scale=grid.scale, translate=translate,
+            units=("um", "um"), opacity=0.6, colormap=cmap, metadata={ROLE: role},
+        )
+
+    def _show_captions(self, result: compare.ComparisonResult, translate: tuple[float, float],
+                       width_um: float, shift: float) -> Any:
+        r = result.report
+        cos = r["cosine"]["mean"]
+        ari = "n/a" if r["ari"] is None else format(r["ari"], ".2f")
+        texts = [
+            f"cosine ({r['mapping']}): mean {'n/a' if cos is None else format(cos, '.2f')}",
+            f"student {r['student']['model']}: {r['seconds']['student']:.1f} s",
+            f"teacher {r['teacher']['model']}: {r['seconds']['teacher']:.1f} s, ARI {ari}",
+        ]
+        y = translate[0] - 0.1 * width_um
+        data = np.array([[y, translate[1] + i * shift] for i in range(3)], np.float64)
+        layer = self._owned("captions")
+        if layer is not None:
+            self._viewer.layers.remove(layer)
+        return self._viewer.add_points(
+            data, name="comparison captions", features={"caption": texts}, size=0.0,
+            face_color="transparent", border_color="transparent", units=("um", "um"),
+            metadata={ROLE: "captions"},
+            text={"string": "{caption}", "color": "white", "size": CAPTION_SIZE, "anchor": "lower_left"},
+        )
+
+
+@functools.cache
+def _signals_class() -> type:
+    from qtpy.QtCore import QObject, Signal
+
+    class ProgressSignals(QObject):
+        advanced = Signal(int, int)  # (done, total), emitted from the worker thread
+
+    return ProgressSignals

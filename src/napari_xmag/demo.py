@@ -1,0 +1,252 @@
+"""The offline demo: the sample slide, embedded by the 5x student, and every map and export.
+
+:func:`run_demo` makes the procedural sample slide, embeds its tissue with the XMAG student,
+and writes, under one folder::
+
+    xmag-sample-v1.svs                       the sample slide (0.5 µm/px, 20x)
+    features[-RANDOM-WEIGHTS]/<slide>.h5     TRIDENT-style coords + features
+    maps/<slide>[.RANDOM-WEIGHTS].pca.ome.zarr      PCA map (RGB) as OME-Zarr
+    maps/<slide>[.RANDOM-WEIGHTS].kmeans.ome.zarr   k-means labels as OME-Zarr labels
+    maps/<slide>[.RANDOM-WEIGHTS].kmeans.geojson    the same labels as QuPath GeoJSON
+    maps/<slide>.tissue.ome.zarr             the tissue mask (labels: 1 = tissue)
+    compare[-RANDOM-WEIGHTS]/                with ``with_teacher``: a comparison on a small ROI
+
+When the student's real weights are not available (offline, nothing in the hub cache),
+random weights are used and said so: in the returned :class:`DemoResult` (``weights_random``,
+``notes``), in the file names above and in every file's metadata. No printing here: the
+``xmag demo`` command prints :meth:`DemoResult.summary`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RANDOM_TAG", "DemoResult", "demo_layers", "demo_viewer", "load_model", "run_demo", "tissue_map"]
+
+#: Put into the name of every output made with random weights.
+RANDOM_TAG = "RANDOM-WEIGHTS"
+STUDENT = "xmag"
+TEACHER = "uni2-h"
+#: Student patches in the default teacher ROI: the teacher costs 16 crops per patch.
+TEACHER_ROI_PATCHES = 2
+
+
+@dataclass
+class DemoResult:
+    """What the demo wrote and how long it took."""
+
+    out_dir: Path
+    slide: Path
+    features: Path
+    outputs: dict[str, Path]  # name -> file or folder
+    model: str
+    weights_random: bool
+    patches: int
+    seconds: float  # the whole demo
+    embed_seconds: float
+    comparison: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = []
+        if self.weights_random:
+            lines.append(
+                f"!!! RANDOM WEIGHTS: the {self.model} student's real weights are not available;"
+                " every map below is made from random features and carries NO meaning"
+                f" (file names say {RANDOM_TAG}) !!!"
+            )
+        lines += [f"note: {n}" for n in self.notes]
+        rate = self.patches / self.embed_seconds if self.embed_seconds > 0 else float("nan")
+        lines.append(
+            f"embedded {self.patches} patches at 5x with {self.model}"
+            f" ({'random' if self.weights_random else 'real'} weights) in {self.embed_seconds:.1f} s"
+            f" ({rate:.1f} patches/s)"
+        )
+        lines.append(f"sample slide: {self.slide}")
+        lines.append(f"features:     {self.features}")
+        width = max(len(k) for k in self.outputs) if self.outputs else 0
+        for name, path in self.outputs.items():
+            lines.append(f"{name:<{width}}  {path}")
+        lines.append(f"demo done in {self.seconds:.1f} s -> {self.out_dir}")
+        lines.append(f"open it all in napari: xmag demo --napari --out {self.out_dir}")
+        return "\n".join(lines)
+
+
+def default_out_dir() -> Path:
+    from .sample import cache_dir
+
+    return cache_dir() / "demo"
+
+
+def load_model(name: str, tiny: bool = False) -> tuple[Any, str | None]:
+    """``create_model(name)`` with its real weights, else random ones: (model, why random or None)."""
+    from .models import create_model
+    from .models.weights import WeightsError
+
+    try:
+        return create_model(name, tiny=tiny), None
+    except WeightsError as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+        return create_model(name, weights="random", tiny=tiny), reason
+
+
+def tissue_map(slide_path: str | os.PathLike[str]) -> Any:
+    """The slide's tissue mask as a label :class:`~napari_xmag.maps.SlideMap` (1 = tissue)."""
+    from . import __version__
+    from .maps import MAP_FORMAT, MAP_FORMAT_VERSION, MapGrid, SlideMap
+    from .slide import Slide
+    from .tiling import tissue_mask
+
+    slide_path = Path(slide_path)
+    with Slide(slide_path) as slide:
+        mask = tissue_mask(slide)
+        slide_mpp = float(slide.mpp)
+    rows, cols = mask.shape
+    ds = float(mask.downsample)
+    grid = MapGrid(x0=0.0, y0=0.0, step_x=ds, step_y=ds, patch_x=ds, patch_y=ds, rows=rows, cols=cols,
+                   slide_mpp=slide_mpp)
+    meta = {
+        "format": MAP_FORMAT, "format_version": MAP_FORMAT_VERSION, "kind": "labels",
+        "slide_path": str(slide_path), "slide_name": slide_path.stem, "slide_mpp": slide_mpp,
+        "classes": ["tissue"], "colors": [[0, 200, 80]], "grid": grid.to_dict(),
+        "values": f"tissue mask at {mask.mpp:g} µm/px (1 = tissue)", "weights_random": False,
+        "xmag_version": __version__,
+    }
+    return SlideMap(mask.mask.astype(np.uint8), grid.scale, grid.translate, "labels",
+                    f"{slide_path.stem} tissue", meta, grid)
+
+
+def _teacher_roi(coords: np.ndarray, size: float, n: int = TEACHER_ROI_PATCHES) -> tuple[int, int, int, int]:
+    """A level-0 box over the first ``n`` tissue patches of the fullest row of the grid."""
+    ys, counts = np.unique(coords[:, 1], return_counts=True)
+    y = int(ys[np.argmax(counts)])
+    xs = np.sort(coords[coords[:, 1] == y, 0])
+    xs = xs[len(xs) // 2 - min(n, len(xs)) // 2:][:n]  # from the middle of the row
+    x0, x1 = int(xs[0]), int(np.ceil(xs[-1] + size))
+    return (x0, y, x1 - x0, int(np.ceil(size)))
+
+
+def run_demo(
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    student: Any = None,
+    teacher: Any = None,
+    with_teacher: bool = False,
+    tiny: bool = False,
+    roi: tuple[int, int, int, int] | None = None,
+    clusters: int = 8,
+    device: str = "auto",
+    progress: bool | Callable[[int, int], None] = False,
+    cancel: threading.Event | None = None,
+) -> DemoResult:
+    """Run the demo into ``out_dir`` (default: ``<user cache>/demo``); see the module docstring.
+
+    ``student``/``teacher`` inject models (tests); otherwise the registry's ``xmag`` and
+    ``uni2-h`` are built with their real weights, falling back to random ones (``tiny`` builds
+    their small test configurations). The teacher runs only with ``with_teacher``, on ``roi``
+    (level-0 x, y, w, h) or a box of :data:`TEACHER_ROI_PATCHES` tissue patches.
+    """
+    from .embed import EmbedSettings, embed_slide
+    from .features import read_features
+    from .maps import kmeans_map, pca_map
+    from .sample import sample_slide_path
+    from .writers import write_geojson, write_ome_zarr
+
+    start = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    slide = sample_slide_path(out)
+
+    if student is None:
+        student, why = load_model(STUDENT, tiny=tiny)
+        if why:
+            notes.append(f"no {STUDENT} weights ({why}); using RANDOM weights")
+    random_w = bool(student.weights.random)
+    tag = f".{RANDOM_TAG}" if random_w else ""
+    name = student.spec.name
+
+    features_dir = out / (f"features-{RANDOM_TAG}" if random_w else "features")
+    settings = EmbedSettings(device=device, batch_size=16, workers=2)
+    embedded = embed_slide(slide, student, features_dir, settings, overwrite=True, progress=progress,
+                           cancel=cancel)
+    data = read_features(embedded.output)
+    embed_seconds = embedded.seconds if not embedded.skipped else float(data.attrs.get("seconds", 0.0))
+
+    maps_dir = out / "maps"
+    stem = slide.stem
+    pca = pca_map(data)
+    km = kmeans_map(data, clusters)
+    outputs: dict[str, Path] = {
+        "PCA map (OME-Zarr)": write_ome_zarr(maps_dir / f"{stem}{tag}.pca.ome.zarr", pca),
+        "k-means map (OME-Zarr labels)": write_ome_zarr(maps_dir / f"{stem}{tag}.kmeans.ome.zarr", km),
+        "k-means map (QuPath GeoJSON)": write_geojson(maps_dir / f"{stem}{tag}.kmeans.geojson", km),
+        "tissue mask (OME-Zarr labels)": write_ome_zarr(maps_dir / f"{stem}.tissue.ome.zarr",
+                                                        tissue_map(slide)),
+    }
+
+    comparison = None
+    if with_teacher:
+        from .compare import compare_slide
+        from .maps import cosine_map
+
+        if teacher is None:
+            teacher, why = load_model(TEACHER, tiny=tiny)
+            if why:
+                notes.append(f"no {TEACHER} weights ({why}); using RANDOM weights for the teacher")
+        t_random = bool(teacher.weights.random)
+        cmp_tag = f"-{RANDOM_TAG}" if (random_w or t_random) else ""
+        box = roi or _teacher_roi(data.coords, float(data.coords_attrs["patch_size_level0_exact"]))
+        comparison = out / f"compare{cmp_tag}"
+        result = compare_slide(slide, student, teacher, comparison, roi=box, clusters=clusters,
+                               device=device, progress=progress, cancel=cancel, batch_size=16)
+        cos = cosine_map(result)
+        outputs["comparison (report.json, compare.h5)"] = comparison
+        outputs["cosine map (OME-Zarr)"] = write_ome_zarr(
+            maps_dir / f"{stem}{'.' + RANDOM_TAG if cmp_tag else ''}.cosine.ome.zarr", cos)
+        notes.append(result.summary().replace("\n", "; "))
+
+    return DemoResult(
+        out_dir=out, slide=slide, features=embedded.output, outputs=outputs, model=name,
+        weights_random=random_w, patches=len(data), seconds=time.perf_counter() - start,
+        embed_seconds=embed_seconds, comparison=comparison, notes=notes,
+    )
+
+
+# ---- napari -----------------------------------------------------------------------------------
+def demo_layers(result: DemoResult) -> list[tuple[Any, dict[str, Any], str]]:
+    """Layer data tuples: the slide, then every map the demo wrote (OME-Zarr maps)."""
+    from ._reader import slide_layer_data
+    from .writers import read_ome_zarr
+
+    layers = [slide_layer_data(str(result.slide))]
+    for path in result.outputs.values():
+        if str(path).endswith(".ome.zarr"):
+            for m in read_ome_zarr(path):
+                data, kw, kind = m.layer_data()
+                if result.weights_random and "tissue" not in m.name:
+                    kw["name"] = f"{kw['name']} ({RANDOM_TAG})"
+                layers.append((data, kw, kind))
+    return layers
+
+
+def demo_viewer(result: DemoResult, viewer: Any = None) -> Any:
+    """A napari viewer (new, or ``viewer``) holding the slide and the demo's maps."""
+    if viewer is None:
+        import napari
+
+        viewer = napari.Viewer(title="napari-xmag demo")
+    for data, kw, kind in demo_layers(result):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    for layer in viewer.layers:  # the PCA map on top of the slide, the rest hidden until asked
+        if "tissue" in layer.name or "k-means" in layer.name or "cosine" in layer.name:
+            layer.visible = False
+    return viewer

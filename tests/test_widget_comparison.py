@@ -1,0 +1,170 @@
+"""The teacher comparison widget, driven without clicking: set values, call handlers, wait."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CMU1
+from napari_xmag._reader import slide_layer_data
+from napari_xmag._widgets.comparison import (
+    RANDOM,
+    ROLE,
+    WHOLE_SLIDE,
+    ComparisonWidget,
+    matched_labels,
+    roi_from_rectangle,
+    table_rows,
+)
+from napari_xmag.compare import read_comparison
+from napari_xmag.maps import cosine_map
+
+# CMU-1's 5x grid steps 898 level-0 px; this ROI holds the middle column's 2nd and 3rd patches.
+ROI = (898, 898, 898, 1796)
+MPP = 0.499
+
+
+def _widget(viewer) -> ComparisonWidget:
+    data, kw, _ = slide_layer_data(str(CMU1.path))
+    viewer.add_image(data, **kw)
+    widget = ComparisonWidget(viewer)
+    widget._tiny = True
+    widget._weights_edit.value = RANDOM
+    return widget
+
+
+def _run(widget, qtbot) -> None:
+    widget._on_run()
+    assert widget._worker is not None and not widget._run_button.enabled
+    qtbot.waitUntil(lambda: widget._run_button.enabled, timeout=60_000)
+
+
+def _cell(value):
+    """A table cell as shown: magicgui's Table turns number-like strings into numbers."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _roi_rectangle(roi=ROI, mpp=MPP) -> np.ndarray:
+    """The rectangle over a level-0 box, in world µm (pixel x spans [(x - 0.5) mpp, (x + 0.5) mpp))."""
+    x, y, w, h = roi
+    y0, x0 = (y - 0.5) * mpp, (x - 0.5) * mpp
+    y1, x1 = (y + h - 0.5) * mpp, (x + w - 0.5) * mpp
+    return np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
+
+
+def test_roi_from_rectangle_by_hand() -> None:
+    # 0.5 µm/px: world x 49.75 µm is the boundary 49.75 / 0.5 + 0.5 = 100 px; 149.75 µm is 300 px.
+    corners = np.array([[99.75, 49.75], [199.75, 149.75]])
+    assert roi_from_rectangle(corners, (0.5, 0.5)) == (100, 200, 200, 200)
+    # a slide layer moved by (10, 20) µm: the same rectangle, moved with it
+    assert roi_from_rectangle(corners + np.array([10, 20]), (0.5, 0.5), (10, 20)) == (100, 200, 200, 200)
+    assert roi_from_rectangle(_roi_rectangle(), (MPP, MPP)) == ROI
+
+
+def test_matched_labels() -> None:
+    s = np.array([0, 0, 1, 1, 2])
+    t = np.array([2, 2, 0, 0, 1])
+    assert matched_labels(s, t).tolist() == s.tolist()
+
+
+def test_run_on_roi_shows_layers_and_table(make_napari_viewer, qtbot, tmp_path) -> None:
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    viewer.add_shapes([_roi_rectangle()], shape_type="rectangle", name="roi", units=("um", "um"))
+    widget._roi_edit.value = viewer.layers["roi"]
+    out = tmp_path / "cmp"
+    widget._out_edit.value = out
+    assert widget._roi() == ROI
+    _run(widget, qtbot)
+    assert widget.result is not None, widget._status.value
+
+    result = read_comparison(out)
+    assert result.report["roi"] == list(ROI)
+    assert result.coords.tolist() == [[898, 898], [898, 1796]]
+    expected = cosine_map(result)
+    owned = {layer.metadata[ROLE]: layer for layer in viewer.layers if ROLE in layer.metadata}
+    assert set(owned) == {"cosine", "student slide", "student clusters", "teacher slide",
+                          "teacher clusters", "captions"}
+    cos = owned["cosine"]
+    assert cos.name == expected.name
+    np.testing.assert_allclose(cos.scale, expected.scale)
+    np.testing.assert_allclose(cos.translate, expected.translate)
+    np.testing.assert_array_equal(cos.data, expected.data)  # NaN where not scored
+    assert np.nanmax(cos.data) == pytest.approx(np.nanmax(result.cosine))
+    assert cos.colormap.name == "viridis"
+
+    # the student's and the teacher's clusters one and two slide widths (plus 5%) to the right
+    width = CMU1.level_dimensions[0][0] * MPP
+    for i, side in enumerate(("student", "teacher"), start=1):
+        labels = owned[f"{side} clusters"]
+        assert labels.name.startswith(f"{side} k-means") and "RANDOM WEIGHTS" in labels.name
+        np.testing.assert_allclose(labels.scale, expected.scale)
+        np.testing.assert_allclose(labels.translate, np.add(expected.translate, (0, i * width * 1.05)))
+        assert labels.data.max() >= 1 and (labels.data > 0).sum() == 2
+        np.testing.assert_allclose(owned[f"{side} slide"].translate, (0, i * width * 1.05))
+    rows, cols = expected.grid.cells(result.coords)
+    student = owned["student clusters"].data[rows, cols] - 1
+    np.testing.assert_array_equal(student, result.student_clusters)
+
+    value = widget._table.value
+    rows_ = table_rows(result.report)
+    assert list(value["index"]) == list(rows_)
+    assert [_cell(r[0]) for r in value["data"]] == [_cell(v) for v in rows_.values()]
+    assert rows_["student patches"] == "2" and rows_["teacher crops"] == "32"
+    assert rows_["speed-up"] == f"{result.report['speedup']:.1f}x"
+    assert rows_["CKA"] == f"{result.report['cka']:.3f}"
+    assert rows_["ARI"].startswith(f"{result.report['ari']:.3f}")
+    assert rows_["weights"] == "RANDOM: student, teacher"
+
+    # Load the folder into a fresh widget: the same layers, the same table
+    viewer2 = make_napari_viewer()
+    widget2 = _widget(viewer2)
+    widget2._out_edit.value = out
+    widget2._on_load()
+    cos2 = next(layer for layer in viewer2.layers if layer.metadata.get(ROLE) == "cosine")
+    np.testing.assert_array_equal(cos2.data, expected.data)
+    assert widget2._table.value["data"] == value["data"]
+
+
+def test_cancel_writes_nothing(make_napari_viewer, qtbot, tmp_path) -> None:
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget._roi_edit.value = WHOLE_SLIDE
+    out = tmp_path / "cancelled"
+    widget._out_edit.value = out
+    widget._on_run()
+    widget._on_cancel()
+    qtbot.waitUntil(lambda: widget._run_button.enabled, timeout=60_000)
+    assert widget.result is None
+    assert widget._status.value == "Cancelled: nothing was written."
+    assert not out.exists()
+    assert not [layer for layer in viewer.layers if ROLE in layer.metadata]
+
+
+def test_load_errors_are_said(make_napari_viewer, tmp_path) -> None:
+    widget = _widget(make_napari_viewer())
+    widget._out_edit.value = tmp_path
+    widget._on_load()
+    assert str(tmp_path) in widget._status.value
+
+
+def test_screenshot_whole_cmu1(make_napari_viewer, qtbot, tmp_path) -> None:
+    """The whole of CMU-1 (4 patches, 64 crops; tiny random models); a screenshot for the docs."""
+    viewer = make_napari_viewer(show=True)
+    widget = _widget(viewer)
+    widget._out_edit.value = tmp_path / "whole"
+    _run(widget, qtbot)
+    assert widget.result is not None and len(widget.result) == 4
+    viewer.window._qt_window.resize(1600, 900)
+    qtbot.wait(50)
+    viewer.reset_view()
+    folder = Path(os.environ.get("XMAG_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(str(folder / "widget-comparison.png"), canvas_only=True)
+    assert shot.ndim == 3 and shot.shape[-1] == 4
