@@ -17,7 +17,8 @@ from . import __version__
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xmag",
-        description="Cross-magnification (XMAG) whole-slide tools: slide info, sample data, demo.",
+        description="Cross-magnification (XMAG) whole-slide pathology: slides, embedding, distillation,"
+        " teacher/student comparison, MIL evaluation and maps.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -90,8 +91,157 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: small models
     compare.set_defaults(func=_cmd_compare)
 
-    demo = sub.add_parser("demo", help="the offline demo: make the sample slide and show what it holds")
-    demo.add_argument("--out", type=Path, default=None, help="folder (default: the user cache)")
+    ev = sub.add_parser(
+        "eval", help="cross-validated linear probe and ABMIL on feature files",
+        description="Stratified k-fold evaluation of feature files against labels: a logistic-"
+        "regression probe on patches and/or gated-attention MIL (ABMIL) on slides. Writes"
+        " OUT/report.json, OUT/attention/<slide>.h5 and OUT/abmil/fold<k>.safetensors.",
+    )
+    ev.add_argument("--csv", type=Path, required=True, metavar="LABELS.csv",
+                    help="slide,label (one row per slide) or slide,x,y,label (one row per patch)")
+    ev.add_argument("--features", type=Path, required=True, metavar="DIR",
+                    help="folder of <slide>.h5 / .zarr feature files (xmag embed, TRIDENT)")
+    ev.add_argument("--out", type=Path, required=True, help="output folder")
+    ev.add_argument("--method", default="both", choices=["probe", "abmil", "both"])
+    ev.add_argument("--folds", type=int, default=5)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--epochs", type=int, default=20, help="ABMIL epochs (default: 20)")
+    ev.add_argument("--lr", type=float, default=2e-4, help="ABMIL learning rate (default: 2e-4)")
+    ev.add_argument("--max-patches-per-slide", type=int, default=1000, metavar="N",
+                    help="probe with slide labels: at most N random patches per slide (default: 1000)")
+    ev.add_argument("--device", default="cpu", help="ABMIL device (default: cpu)")
+    ev.set_defaults(func=_cmd_eval)
+
+    ft = sub.add_parser(
+        "finetune", help="fine-tune the student's last blocks with ABMIL on 5x slide bags",
+        description="End-to-end: per fold, train the student's last N blocks jointly with ABMIL on"
+        " whole-slide 5x bags, loss = cross-entropy + lambda * XMAG distillation against the"
+        " teacher's 20x crops. Writes OUT/fold<k>/student, OUT/fold<k>/abmil.safetensors,"
+        " OUT/attention/<slide>.h5 and OUT/report.json.",
+    )
+    ft.add_argument("--csv", type=Path, required=True, metavar="LABELS.csv",
+                    help="slide,label; slide: a path (absolute or relative to the CSV) or a name in --slides")
+    ft.add_argument("--slides", type=Path, default=None, metavar="DIR", help="folder holding the slides")
+    ft.add_argument("--out", type=Path, required=True, help="output folder")
+    ft.add_argument("--student", default="xmag",
+                    help="registry name, path or hf-hub:ORG/NAME (default: xmag)")
+    ft.add_argument("--student-weights", default="auto", help="auto, random (tests only) or a file")
+    ft.add_argument("--teacher", default="uni2-h",
+                    help="registry name, path or hf-hub:ORG/NAME (default: uni2-h)")
+    ft.add_argument("--teacher-weights", default="auto", help="auto, random (tests only) or a file")
+    ft.add_argument("--teacher-cache", type=Path, default=None, metavar="DIR",
+                    help="teacher targets <slide>.h5 (default: OUT/teacher_cache; reused when present)")
+    ft.add_argument("--blocks", type=int, default=2, help="train the student's last N blocks (default: 2)")
+    ft.add_argument("--lambda", dest="distill_weight", type=float, default=1.0,
+                    help="weight of the distillation loss; 0 needs no teacher (default: 1.0)")
+    ft.add_argument("--epochs", type=int, default=3)
+    ft.add_argument("--max-patches", type=int, default=64,
+                    help="patches per slide per step, a random subset (default: 64)")
+    ft.add_argument("--lr", type=float, default=2e-4, help="ABMIL and heads (default: 2e-4)")
+    ft.add_argument("--backbone-lr", type=float, default=1e-5, help="student blocks (default: 1e-5)")
+    ft.add_argument("--checkpointing", action="store_true",
+                    help="gradient checkpointing of the trained blocks")
+    ft.add_argument("--folds", type=int, default=5)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--tissue-threshold", type=float, default=0.25)
+    ft.add_argument("--mpp-override", type=float, default=None, metavar="UM",
+                    help="level-0 µm/px for slides that do not record it")
+    ft.add_argument("--batch-size", type=int, default=32, help="inference batches (default: 32)")
+    ft.add_argument("--workers", type=int, default=2, help="slide-reading threads")
+    ft.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    ft.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ft.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT")
+    ft.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: small models
+    ft.set_defaults(func=_cmd_finetune)
+
+    distill = sub.add_parser(
+        "distill", help="distil a 20x teacher into a 5x student (XMAG) on a set of slides",
+        description="Train the 5x student to predict the frozen 20x teacher on paired fields of"
+        " view; write OUT/student (the EMA student with heads, usable as --model), checkpoints"
+        " and logs. Options not given come from --config, else the XMAG defaults. Several"
+        " GPUs: torchrun --nproc-per-node N -m napari_xmag.cli distill ... (docs/distillation.md).",
+    )
+    distill.add_argument("slides", nargs="*", metavar="SLIDES",
+                         help="a folder of slides, a CSV (slide[,mpp_override]) or slide files")
+    distill.add_argument("--out", default=None, help="output folder (required unless in --config)")
+    distill.add_argument("--config", type=Path, default=None, metavar="JSON",
+                         help="a TrainConfig as JSON; the options given here override it")
+    distill.add_argument("--teacher", default=None, help="default: uni2-h")
+    distill.add_argument("--teacher-weights", default=None, help="auto (default), or a file")
+    distill.add_argument("--student", default=None, help="default: xmag")
+    distill.add_argument("--student-weights", default=None,
+                         help="auto (default: the XMAG weights), or a file (e.g. DINOv2 ViT-B/14)")
+    distill.add_argument("--epochs", type=int, default=None, help="default: 10")
+    distill.add_argument("--steps", type=int, default=None, help="total steps (overrides --epochs)")
+    distill.add_argument("--batch-size", type=int, default=None, help="pairs per step per GPU (default: 32)")
+    distill.add_argument("--lr", type=float, default=None, help="default: 5e-4")
+    distill.add_argument("--weight-decay", type=float, default=None, help="default: 0.05")
+    distill.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the run")
+    distill.add_argument("--ema-decay", type=float, default=None, help="default: 0.999")
+    distill.add_argument("--clip-grad", type=float, default=None, help="default: 1.0")
+    distill.add_argument("--seed", type=int, default=None, help="default: 0")
+    distill.add_argument("--stride", type=int, default=None,
+                         help="5x px between pairs (default: the patch size, no overlap)")
+    distill.add_argument("--five-x-source", default=None, choices=["read", "downsample"],
+                         help="5x image read from the slide (default) or the 20x region downsampled")
+    distill.add_argument("--no-flips", dest="flips", action="store_false", default=None)
+    distill.add_argument("--no-jitter", dest="jitter", action="store_false", default=None)
+    distill.add_argument("--cache", default=None, metavar="ZARR",
+                         help="teacher-target cache, built on first use (runs without colour jitter)")
+    distill.add_argument("--cache-in-memory", action="store_true", default=None,
+                         help="read the whole teacher cache into RAM (small caches)")
+    distill.add_argument("--holdout", type=float, default=None,
+                         help="fraction of pairs held out by spatial blocks for evaluation (default: 0)")
+    distill.add_argument("--eval-every", type=int, default=None, metavar="STEPS")
+    distill.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    distill.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "bf16"])
+    distill.add_argument("--workers", dest="num_workers", type=int, default=None,
+                         help="DataLoader worker processes (default: 4)")
+    distill.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS")
+    distill.add_argument("--log-every", type=int, default=None, metavar="STEPS")
+    distill.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    distill.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    distill.set_defaults(func=_cmd_distill)
+
+    maps = sub.add_parser(
+        "maps", help="turn a features file into a map aligned with the slide (OME-Zarr or GeoJSON)",
+        description="Render a features file as a slide-aligned map: pca (RGB), kmeans (labels), probe"
+        " (class probabilities + segmentation), attention (an ABMIL attention file) or cosine (an"
+        " xmag compare folder). OUT ending in .geojson writes the label map as QuPath GeoJSON,"
+        " anything else an OME-Zarr (NGFF 0.4).",
+    )
+    maps.add_argument("features", type=Path, nargs="?", metavar="FEATURES",
+                      help="a features file (.h5 / .zarr); optional for --kind cosine")
+    maps.add_argument("--kind", required=True, metavar="KIND",
+                      help="pca, kmeans, probe, attention or cosine")
+    maps.add_argument("--out", type=Path, required=True, help="NAME.ome.zarr, or NAME.geojson for labels")
+    maps.add_argument("--clusters", type=int, default=8, help="k-means K (default: 8)")
+    maps.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
+    maps.add_argument("--probe", type=Path, default=None, metavar="FILE",
+                      help="a probe: .npz (napari_xmag.maps.save_probe) or a scikit-learn .joblib")
+    maps.add_argument("--comparison", type=Path, default=None, metavar="DIR", help="an xmag compare folder")
+    maps.add_argument("--attention", type=Path, default=None, metavar="FILE",
+                      help="an attention h5 (coords, attention), e.g. from xmag eval")
+    maps.add_argument("--attention-values", default="percentile",
+                      help="percentile (rank in [0, 1], default), attention or logits")
+    maps.add_argument("--slide-mpp", type=float, default=None, metavar="UM",
+                      help="the slide's level-0 µm/px, for features files that do not record it")
+    maps.set_defaults(func=_cmd_maps)
+
+    demo = sub.add_parser(
+        "demo", help="the offline demo: sample slide, 5x embedding, every map and export",
+        description="Make the sample slide, embed it with the 5x student (xmag; random weights,"
+        " said loudly, when its real ones are not available), and write the PCA and k-means maps"
+        " (OME-Zarr), the k-means labels (QuPath GeoJSON), the features (h5) and the tissue mask.",
+    )
+    demo.add_argument("--out", type=Path, default=None, help="folder (default: <user cache>/demo)")
+    demo.add_argument("--with-teacher", action="store_true",
+                      help="also compare with the 20x teacher (uni2-h) on a 2-patch ROI (slow on a CPU)")
+    demo.add_argument("--clusters", type=int, default=8, help="k-means K (default: 8)")
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    demo.add_argument("--napari", action="store_true", help="then open everything in napari")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: small models
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -228,13 +378,117 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .sample import sample_slide_path
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .mil import ABMILSettings, run_eval
 
-    path = sample_slide_path(args.out)
-    print(f"sample slide: {path}\n")
-    with _open(path) as slide:
-        print(format_info(slide.summary()))
+    abmil = ABMILSettings(epochs=args.epochs, lr=args.lr, device=args.device)
+    report = run_eval(args.csv, args.features, args.out, method=args.method, folds=args.folds,
+                      seed=args.seed, abmil=abmil, max_patches_per_slide=args.max_patches_per_slide,
+                      log=print)
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"{report['slides']} slides, {len(report['classes'])} classes, {args.folds} folds"
+          f" -> {args.out / 'report.json'}")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .mil import FinetuneSettings, run_finetune
+
+    settings = FinetuneSettings(
+        blocks=args.blocks, distill_weight=args.distill_weight, epochs=args.epochs,
+        max_patches=args.max_patches, lr=args.lr, backbone_lr=args.backbone_lr,
+        checkpointing=args.checkpointing, tissue_threshold=args.tissue_threshold,
+        mpp_override=args.mpp_override, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, precision=args.precision,
+    )
+    report = run_finetune(
+        args.csv, args.out, slides_dir=args.slides, student=args.student,
+        student_weights=args.student_weights, teacher=args.teacher, teacher_weights=args.teacher_weights,
+        teacher_cache=args.teacher_cache, folds=args.folds, seed=args.seed, settings=settings,
+        overwrite=args.overwrite, tiny=args.tiny, log=print,
+    )
+    for side in ("student", "teacher"):
+        if report[side] and report[side]["weights"]["random"]:
+            print(f"warning: RANDOM WEIGHTS ({side}): the result carries no meaning", file=sys.stderr)
+    print(f"{report['slides']} slides, {args.folds} folds in {report['seconds']:.1f} s -> {args.out}")
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .distill import TrainConfig, train
+
+    names = (
+        "teacher", "teacher_weights", "student", "student_weights", "epochs", "steps", "batch_size",
+        "lr", "weight_decay", "warmup_steps", "ema_decay", "clip_grad", "seed", "stride",
+        "five_x_source", "flips", "jitter", "cache", "cache_in_memory", "holdout", "eval_every", "device",
+        "precision", "num_workers", "checkpoint_every", "log_every", "progress",
+    )
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.slides:
+        options["slides"] = [str(p) for p in args.slides] if len(args.slides) > 1 else args.slides[0]
+    if args.out is not None:
+        options["out_dir"] = args.out
+    if args.config is not None:
+        config = TrainConfig.from_json(args.config, **options)
+    elif "slides" in options and "out_dir" in options:
+        config = TrainConfig(**options)
+    else:
+        raise ValueError("give SLIDES and --out (or a --config that names them)")
+    result = train(config, resume=args.resume)
+    if result.rank != 0:  # the other ranks of a torchrun launch stay quiet
+        return 0
+    if result.export_dir is None:
+        print(f"stopped at step {result.steps} of {result.total_steps}; continue with --resume")
+        return 0
+    print(f"distilled {result.steps} steps -> {result.export_dir} (use it as --model)")
+    if result.metrics:
+        for name in ("baseline", "before", "final"):
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics[name].items())
+            print(f"held-out {name}: {scores}")
+    return 0
+
+
+def _cmd_maps(args: argparse.Namespace) -> int:
+    import time
+
+    from .maps import make_maps, read_attention_values
+    from .writers import save_maps
+
+    start = time.perf_counter()
+    attention = read_attention_values(args.attention, args.attention_values) if args.attention else None
+    maps = make_maps(
+        args.features, args.kind, clusters=args.clusters, seed=args.seed, probe=args.probe,
+        comparison=args.comparison, attention=attention, slide_mpp=args.slide_mpp,
+    )
+    out = save_maps(args.out, maps)
+    if any(m.metadata.get("weights_random") for m in maps):
+        print("warning: RANDOM WEIGHTS: the features carry no meaning, nor does the map", file=sys.stderr)
+    for m in maps:
+        shape = "x".join(str(n) for n in m.data.shape)
+        print(f"{m.name}: {m.kind} {shape}, {m.scale[1]:.4g} µm per cell")
+    print(f"-> {out} ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import default_out_dir, demo_viewer, run_demo
+
+    out = args.out or default_out_dir()
+    print(f"napari-xmag demo -> {out}", flush=True)
+    result = run_demo(out, with_teacher=args.with_teacher, tiny=args.tiny, clusters=args.clusters,
+                      device=args.device, progress=not args.no_progress)
+    if result.weights_random:
+        print("warning: RANDOM WEIGHTS: no real xmag weights found (offline?); the demo's maps carry"
+              " no meaning and are labelled RANDOM-WEIGHTS", file=sys.stderr)
+    print(result.summary())
+    with _open(result.slide) as slide:
+        print(f"\nthe sample slide:\n{format_info(slide.summary())}")
+    if args.napari:
+        import napari
+
+        demo_viewer(result)
+        napari.run()
     return 0
 
 

@@ -1,0 +1,82 @@
+"""Training checkpoints: everything a resumed run needs to continue exactly where it stopped.
+
+A checkpoint holds the student (backbone and heads), its EMA, the optimiser, the learning-
+rate schedule, the AMP grad scaler, the random states of python, numpy and torch (CPU and
+CUDA), the step and epoch (which fix the data order: see :mod:`~napari_xmag.distill.order`)
+and the run's configuration. It is written to a temporary sibling and renamed into place,
+so a crash while saving leaves the previous checkpoint intact.
+
+Only tensors and plain containers are stored (numpy's state is converted to lists), so a
+checkpoint loads with ``torch.load(weights_only=True)``: loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CHECKPOINT_NAME", "get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def get_rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": np_state["state"]["key"].tolist(),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state({
+        "bit_generator": np_state["bit_generator"],
+        "state": {"key": np.asarray(np_state["key"], dtype=np.uint32), "pos": np_state["pos"]},
+        "has_gauss": np_state["has_gauss"],
+        "gauss": np_state["gauss"],
+    })
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary sibling, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with tmp.open("wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+    return torch.load(path, map_location="cpu", weights_only=True)

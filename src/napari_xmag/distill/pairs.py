@@ -1,0 +1,339 @@
+"""Training pairs: a 5x student image and the 4x4 teacher crops of the same field of view.
+
+The pairs of a set of slides are the 5x tissue grid of each slide (``patch_grid`` at the
+student mpp, with a stride for overlap) and its pairing geometry (``pair_geometry``): the
+student sees a 224 px patch at 2.0 µm/px, the teacher the same 448 µm field as a 896 px
+region at 0.5 µm/px cut into 16 crops of 224 px, row-major.
+
+:class:`PairIndex` is the list of pairs (plain numpy, cheap to pickle to workers);
+:class:`PairDataset` reads them. Each DataLoader worker opens its own OpenSlide handles,
+lazily, on first use.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..slide import MissingMppError, Slide, parse_mpp
+from ..tiling import PairGeometry, pair_geometry, patch_grid, tissue_mask
+from .augment import View, apply_view, draw_views, grey_level, view_rng
+
+__all__ = [
+    "FIVE_X_SOURCES",
+    "PairDataset",
+    "PairIndex",
+    "PairSettings",
+    "SlideEntry",
+    "SlideListError",
+    "read_pair",
+    "read_slide_list",
+]
+
+#: How the student's 5x image is made: read from the slide at the student mpp, or the
+#: teacher's region downsampled (PIL Lanczos), as the paper's code does.
+FIVE_X_SOURCES = ("read", "downsample")
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
+# Open slides kept per worker; more slides than this are reopened as needed.
+_MAX_OPEN_SLIDES = 16
+
+
+class SlideListError(ValueError):
+    """The list of training slides cannot be used; the message names the file and the cause."""
+
+
+# ---- the slides ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlideEntry:
+    """One training slide and, for files that record none, its level-0 µm/px."""
+
+    path: Path
+    mpp_override: float | None = None
+
+
+def read_slide_list(source: str | os.PathLike[str] | Sequence[Any]) -> list[SlideEntry]:
+    """Training slides from a folder, a CSV, or a list of paths, :class:`SlideEntry` or
+    ``{"slide": path, "mpp_override": um}`` dicts.
+
+    A folder gives its slide files (by suffix), sorted. A CSV has a ``slide`` column (paths,
+    relative to the CSV's folder) and optionally ``mpp_override`` (empty: read from the file).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if path.is_dir() and path.suffix.lower() != ".mrxs":
+            entries = [SlideEntry(p) for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES]
+            if not entries:
+                raise SlideListError(
+                    f"{path}: no slide files in this folder (looked for {', '.join(SLIDE_SUFFIXES)})"
+                )
+            return entries
+        if path.suffix.lower() == ".csv":
+            return _read_csv(path)
+        if not path.exists():
+            raise SlideListError(f"{path}: no such file or folder")
+        return [SlideEntry(path)]
+    entries = [_entry(s) for s in source]
+    if not entries:
+        raise SlideListError("no training slides given")
+    for entry in entries:
+        if not entry.path.exists():
+            raise SlideListError(f"{entry.path}: no such slide file")
+    return entries
+
+
+def _entry(item: Any) -> SlideEntry:
+    if isinstance(item, SlideEntry):
+        return item
+    if isinstance(item, dict):
+        if "slide" not in item:
+            raise SlideListError(f"a slide given as a mapping needs a 'slide' key: {item!r}")
+        override = item.get("mpp_override")
+        return SlideEntry(Path(item["slide"]).expanduser(), None if override is None else parse_mpp(override))
+    return SlideEntry(Path(item).expanduser())
+
+
+def _read_csv(path: Path) -> list[SlideEntry]:
+    if not path.is_file():
+        raise SlideListError(f"{path}: no such CSV file")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "slide" not in columns:
+            raise SlideListError(
+                f"{path}: the CSV needs a 'slide' column (and optionally 'mpp_override');"
+                f" its columns are {columns or 'none'}"
+            )
+        entries = []
+        for row_number, raw in enumerate(reader, start=2):  # line 1 is the header
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            if not row["slide"]:
+                raise SlideListError(f"{path}, line {row_number}: empty 'slide' value")
+            slide = Path(row["slide"]).expanduser()
+            slide = slide if slide.is_absolute() else path.parent / slide
+            if not slide.exists():
+                raise SlideListError(f"{path}, line {row_number}: {slide}: no such slide file")
+            mpp = row.get("mpp_override", "")
+            try:
+                override = parse_mpp(mpp) if mpp else None
+            except ValueError:
+                raise SlideListError(
+                    f"{path}, line {row_number}: mpp_override {mpp!r} is not a positive µm/px"
+                ) from None
+            entries.append(SlideEntry(slide, override))
+    if not entries:
+        raise SlideListError(f"{path}: the CSV lists no slides")
+    return entries
+
+
+# ---- the pairs ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairSettings:
+    """How pairs are cut. The defaults are XMAG's: 224 px at 5x against 4x4 crops of 224 px at 20x."""
+
+    student_mpp: float = 2.0
+    teacher_mpp: float = 0.5
+    patch_size: int = 224  # student px
+    crop_size: int = 224  # teacher px
+    stride: int | None = None  # student px between neighbouring patches; None = patch_size
+    min_tissue: float = 0.25
+    five_x_source: str = "read"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "student_mpp", parse_mpp(self.student_mpp))
+        object.__setattr__(self, "teacher_mpp", parse_mpp(self.teacher_mpp))
+        if self.five_x_source not in FIVE_X_SOURCES:
+            raise ValueError(f"five_x_source must be one of {FIVE_X_SOURCES}, not {self.five_x_source!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class PairIndex:
+    """Every pair of a set of slides: slide number and level-0 origin of its field of view.
+
+    ``rows`` numbers the pairs in the full index (a subset keeps the numbers of the pairs it
+    holds), which is how a teacher cache built over the full index is addressed.
+    """
+
+    slides: tuple[SlideEntry, ...]
+    geometries: tuple[PairGeometry, ...]  # one per slide
+    settings: PairSettings
+    slide: np.ndarray  # (N,) int32 slide number
+    coords: np.ndarray  # (N, 2) int64 level-0 x, y of the field of view
+    rows: np.ndarray = field(default=None)  # type: ignore[assignment]  # (N,) int64
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            object.__setattr__(self, "rows", np.arange(len(self.coords), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    @property
+    def crops_per_pair(self) -> int:
+        return self.geometries[0].crops_per_patch if self.geometries else 0
+
+    @classmethod
+    def build(cls, slides: Sequence[SlideEntry], settings: PairSettings | None = None) -> PairIndex:
+        """Tissue mask, 5x grid and pairing geometry of each slide (each opened once, here)."""
+        settings = settings or PairSettings()
+        geometries, slide_numbers, coords = [], [], []
+        for number, entry in enumerate(slides):
+            with Slide(entry.path, mpp=entry.mpp_override) as slide:
+                if slide.mpp is None:
+                    raise MissingMppError(
+                        f"{entry.path}: the slide records no µm per pixel, so its 5x and 20x fields"
+                        " cannot be paired; give it an mpp_override (a column of the slide CSV)"
+                    )
+                grid = patch_grid(
+                    slide, settings.student_mpp, settings.patch_size, settings.stride,
+                    settings.min_tissue, tissue_mask(slide),
+                )
+                geometries.append(pair_geometry(grid, slide, settings.teacher_mpp, settings.crop_size))
+            slide_numbers.append(np.full(len(grid), number, np.int32))
+            coords.append(grid.coords.astype(np.int64))
+        return cls(
+            tuple(slides), tuple(geometries), settings,
+            np.concatenate(slide_numbers) if slide_numbers else np.zeros(0, np.int32),
+            np.concatenate(coords) if coords else np.zeros((0, 2), np.int64),
+        )
+
+    def subset(self, positions: np.ndarray | Sequence[int]) -> PairIndex:
+        positions = np.asarray(positions, dtype=np.int64)
+        return PairIndex(
+            self.slides, self.geometries, self.settings,
+            self.slide[positions], self.coords[positions], self.rows[positions],
+        )
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what defines the pairs: slides, settings, origins (not the subset)."""
+        h = hashlib.sha256()
+        for entry in self.slides:
+            h.update(f"{entry.path.resolve()}|{entry.mpp_override}\n".encode())
+        h.update(repr(sorted(asdict(self.settings).items())).encode())
+        h.update(np.ascontiguousarray(self.slide, dtype="<i4").tobytes())
+        h.update(np.ascontiguousarray(self.coords, dtype="<i8").tobytes())
+        return h.hexdigest()
+
+
+def read_pair(
+    slide: Slide, geometry: PairGeometry, x: int, y: int, five_x_source: str = "read"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The student image (S, S, 3) and the teacher region (R, R, 3) of the field at ``(x, y)``."""
+    region = slide.read_region(*geometry.region(x, y), mpp=geometry.teacher_mpp).image
+    size = geometry.student_patch_size
+    if five_x_source == "read":
+        student = slide.read_region(x, y, size, mpp=geometry.student_mpp).image
+    else:  # the paper's way: the 20x region reduced to 5x
+        student = np.asarray(Image.fromarray(region).resize((size, size), Image.Resampling.LANCZOS))
+    return student, region
+
+
+class PairDataset(Dataset):
+    """Reads pairs and makes ``views`` augmented views of each.
+
+    An item is keyed by ``index`` or ``(index, epoch)`` (the epoch seeds the augmentation;
+    see :mod:`~napari_xmag.distill.augment`) and is a dict of numpy arrays:
+
+    - ``student``: (V, S, S, 3) uint8, the 5x images;
+    - ``teacher``: (V, n*n, C, C, 3) uint8, the teacher crops, row-major in each view's frame;
+      or, with a teacher ``cache``, ``target``: (V, n*n, D) float32, the cached teacher CLS of
+      each view's flip variant (the student images then come from the cache too);
+    - ``index``, ``row``, ``slide``, ``coords``.
+
+    With a cache, colour jitter is impossible (the cached targets are un-jittered), so
+    ``jitter`` must be False. ``fixed_views`` replaces the random views by the same list for
+    every item (the cache builder asks for the four flip variants).
+    """
+
+    def __init__(
+        self,
+        index: PairIndex,
+        *,
+        views: int = 2,
+        flips: bool = True,
+        jitter: bool = True,
+        seed: int = 0,
+        cache: Any = None,
+        fixed_views: Sequence[View] | None = None,
+    ) -> None:
+        if views < 1:
+            raise ValueError(f"views must be at least 1, got {views}")
+        if cache is not None and jitter:
+            raise ValueError(
+                "colour jitter cannot be used with a teacher cache: the cache holds un-jittered"
+                " teacher targets; train without jitter or without the cache"
+            )
+        if cache is not None and flips and cache.variants < 4:
+            raise ValueError(f"{cache.path}: the cache was built without flip variants; train without flips")
+        self.index = index
+        self.views = views
+        self.flips = flips
+        self.jitter = jitter
+        self.seed = seed
+        self.cache = cache
+        self.fixed_views = list(fixed_views) if fixed_views is not None else None
+        self._handles: OrderedDict[int, Slide] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = OrderedDict()  # handles never travel to another process
+        return state
+
+    def _slide(self, number: int) -> Slide:
+        if self._pid != os.getpid():  # a forked worker: the parent's handles are not ours to use
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        slide = self._handles.get(number)
+        if slide is None:
+            entry = self.index.slides[number]
+            slide = self._handles[number] = Slide(entry.path, mpp=entry.mpp_override)
+            if len(self._handles) > _MAX_OPEN_SLIDES:
+                self._handles.popitem(last=False)[1].close()
+        self._handles.move_to_end(number)
+        return slide
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for slide in self._handles.values():
+                slide.close()
+        self._handles = OrderedDict()
+
+    def draw(self, position: int, epoch: int) -> list[View]:
+        if self.fixed_views is not None:
+            return self.fixed_views
+        rng = view_rng(self.seed, epoch, int(self.index.rows[position]))
+        return draw_views(rng, self.views, flips=self.flips, jitter=self.jitter)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        position, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        position = int(position)
+        number = int(self.index.slide[position])
+        x, y = (int(v) for v in self.index.coords[position])
+        row = int(self.index.rows[position])
+        views = self.draw(position, int(epoch))
+        item: dict[str, Any] = {
+            "index": position, "row": row, "slide": number, "coords": self.index.coords[position],
+        }
+        if self.cache is not None:
+            student = self.cache.student(row)
+            item["student"] = np.stack([apply_view(student, v, 0.0) for v in views])
+            item["target"] = self.cache.targets(row, [v.variant for v in views])
+            return item
+        geometry = self.index.geometries[number]
+        student, region = read_pair(self._slide(number), geometry, x, y, self.index.settings.five_x_source)
+        grey = grey_level(region) if any(v.jittered for v in views) else 0.0
+        item["student"] = np.stack([apply_view(student, v, grey) for v in views])
+        item["teacher"] = np.stack([geometry.split(apply_view(region, v, grey)) for v in views])
+        return item

@@ -1,0 +1,482 @@
+"""Distillation training: the 5x student learns to predict the frozen 20x teacher.
+
+``train(config)`` runs a whole run in one process, or in each process of a ``torchrun``
+launch (``WORLD_SIZE > 1``: DDP, a ``DistributedSampler`` share of each epoch per rank;
+rank 0 alone logs, evaluates, checkpoints and exports). One step:
+
+1. a batch of pairs, each in ``views`` augmented views (:class:`PairDataset`);
+2. the teacher's 16 crop CLS vectors per view, frozen, in inference mode (or the cache's);
+3. the student's CLS and token grid at 5x, through its global and local heads, against
+   them (:func:`distillation_loss`: global 1.0, local 0.5);
+4. AdamW with gradient clipping, mixed precision on GPU, warm-up then cosine decay, and an
+   EMA of the student, which is what is exported.
+
+The output folder holds ``config.json``, ``checkpoint.pt`` (the latest, for ``resume``),
+``log.csv``, ``tensorboard/``, ``metrics.json`` (held-out evaluation, when asked) and
+``student/``, the EMA student with both heads, loadable by ``create_model`` wherever a
+model is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..models import create_model, head_dims, resolve_device, save_model
+from .cache import TeacherCache, build_teacher_cache
+from .checkpoint import CHECKPOINT_NAME, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .evaluate import (
+    Alignment,
+    constant_alignment,
+    evaluate_student,
+    read_eval_set,
+    spatial_split,
+    training_means,
+)
+from .losses import distillation_loss
+from .optim import ModelEma, param_groups, warmup_cosine
+from .order import ResumableSampler
+from .pairs import PairDataset, PairIndex
+from .runlog import RunLog
+from .teacher import autocast, embed_crops, freeze, model_identity
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXPORT_NAME", "NoPairsError", "TrainError", "TrainResult", "resolve_precision", "train"]
+
+EXPORT_NAME = "student"
+CHECKPOINT_FORMAT = "napari-xmag-train-checkpoint"
+# Training pairs whose teacher targets give the baseline's training mean, and held-out pairs
+# kept in memory for evaluation (at 224 px: 150 KB each, 600 MB).
+_MEAN_PAIRS = 2048
+_EVAL_PAIRS = 4096
+
+Resume = bool | str | os.PathLike[str]
+
+
+class TrainError(ValueError):
+    """A run cannot start as asked (an existing run, a missing or mismatched checkpoint)."""
+
+
+class NoPairsError(TrainError):
+    """The slides hold too few tissue pairs for one batch."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int  # the step the run stopped at
+    total_steps: int
+    export_dir: Path | None  # None when stopped before the end, or not rank 0
+    metrics: dict[str, Any] | None  # held-out evaluation (metrics.json), when holdout > 0
+    ema: nn.Module  # the EMA student (what is exported)
+    student: nn.Module
+    rank: int = 0  # of a torchrun launch; only rank 0 exports and reports
+
+    @property
+    def finished(self) -> bool:
+        return self.steps >= self.total_steps
+
+
+def train(config: TrainConfig, *, resume: Resume = False, stop_at: int | None = None) -> TrainResult:
+    """Run (or continue) the distillation described by ``config``.
+
+    ``resume``: True continues from ``out_dir/checkpoint.pt``, a path from that checkpoint; the
+    continued run computes exactly what the uninterrupted one would (same data order, same
+    augmentations, same optimiser and random states). Without ``resume`` an ``out_dir`` that
+    already holds a checkpoint is an error. ``stop_at``: checkpoint and return once the run
+    reaches this step (a time-limited job; resume it later).
+    """
+    dist = _setup_distributed(config.device)
+    try:
+        return _Run(config, dist, resume).run(stop_at)
+    finally:
+        if dist.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+# ---- devices and processes ------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+def _setup_distributed(device: str) -> _Dist:
+    """One process, or one rank of a torchrun launch (``WORLD_SIZE`` > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(0, 1, resolve_device(device))
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dev, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        dev, backend = resolve_device("cpu" if device == "auto" else device), "gloo"
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend)
+    return _Dist(dist.get_rank(), dist.get_world_size(), dev, owns)
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, use a GradScaler)``: auto is bf16 (else fp16) on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None, False
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return None, False
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 mixed precision needs a CUDA device; use bf16 or fp32 on the CPU")
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+# ---- pieces of a step ---------------------------------------------------------------------------
+class _DistillStep(nn.Module):
+    """Student forward, heads and loss in one module, so that DDP sees every parameter used."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cls, grid = self.student.embed(x, tokens=True)
+        loss = distillation_loss(cls, grid, target, self.student.heads)
+        return loss.total, loss.global_, loss.local
+
+
+class _HeldOut:
+    """The held-out images and teacher targets, and the training mean, read once.
+
+    At most ``_EVAL_PAIRS`` held-out pairs (an even sample) are kept in memory; the training
+    mean comes from at most ``_MEAN_PAIRS`` training pairs.
+    """
+
+    def __init__(self, train: PairIndex, held: PairIndex, teacher: Any, cache: Any, config: TrainConfig,
+                 amp: torch.dtype | None) -> None:
+        kwargs = {"num_workers": config.num_workers, "amp_dtype": amp, "cache": cache,
+                  "chunk": config.teacher_chunk}
+        _, train_targets = read_eval_set(teacher, _even_sample(train, _MEAN_PAIRS), images=False, **kwargs)
+        self.means = training_means(train_targets)
+        self.images, self.targets = read_eval_set(teacher, _even_sample(held, _EVAL_PAIRS), **kwargs)
+        self.baseline = constant_alignment(self.targets, self.means)
+        self.batch_size, self.amp = config.batch_size, amp
+
+    def __call__(self, model: Any) -> Alignment:
+        return evaluate_student(model, self.images, self.targets, self.means,
+                                batch_size=self.batch_size, amp_dtype=self.amp)
+
+
+def _even_sample(index: PairIndex, count: int) -> PairIndex:
+    if len(index) <= count:
+        return index
+    return index.subset(np.linspace(0, len(index) - 1, count).round().astype(np.int64))
+
+
+# ---- the run ------------------------------------------------------------------------------------
+class _Run:
+    """One run's state: data, models, optimisation, logs; built, resumed, stepped, saved."""
+
+    def __init__(self, config: TrainConfig, dist: _Dist, resume: Resume) -> None:
+        self.config, self.dist, self.out = config, dist, config.out_dir
+        state = _resume_state(config, resume)
+        self.device = dist.device
+        self.amp, use_scaler = resolve_precision(config.precision, self.device)
+
+        index = PairIndex.build(config.slide_entries(), config.pair_settings())
+        if config.holdout > 0:
+            train_pos, held_pos = spatial_split(index, config.holdout, config.holdout_block_um, config.seed)
+        else:
+            train_pos, held_pos = np.arange(len(index)), np.zeros(0, np.int64)
+        self.train_index, self.held_index = index.subset(train_pos), index.subset(held_pos)
+
+        torch.manual_seed(config.seed)  # fresh heads on loaded weights draw from the global generator
+        self.teacher = freeze(create_model(
+            config.teacher, config.teacher_weights, tiny=config.teacher_tiny,
+            overrides=config.teacher_overrides, device=self.device,
+        ))
+        self.student = create_model(
+            config.student, config.student_weights, tiny=config.student_tiny,
+            overrides=config.student_overrides, device=self.device, heads=True,
+        )
+        _check_heads(self.student, self.teacher, config)
+        self.cache = _prepare_cache(config, index, self.teacher, dist, self.amp) if config.cache else None
+        self._data()
+
+        self.student.train()
+        self.step_module: nn.Module = _DistillStep(self.student)
+        if dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(param_groups(self.student, config.weight_decay), lr=config.lr)
+        warmup = config.warmup_steps if config.warmup_steps is not None else max(1, round(0.05 * self.total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(self.total, warmup, config.lr, config.min_lr)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.ema = ModelEma(self.student, config.ema_decay)
+        self.step = 0
+        if state is not None:
+            self._load(state)
+        elif dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _write_json(self.out / "config.json", config.to_dict())
+
+    def _data(self) -> None:
+        config, dist = self.config, self.dist
+        self.dataset = PairDataset(
+            self.train_index, views=config.views, flips=config.flips, jitter=config.use_jitter,
+            seed=config.seed, cache=self.cache,
+        )
+        self.sampler = ResumableSampler(
+            len(self.dataset), config.batch_size, seed=config.seed, rank=dist.rank, world_size=dist.world_size
+        )
+        self.per_epoch = self.sampler.batches_per_epoch
+        if self.per_epoch == 0:
+            raise NoPairsError(
+                f"{len(self.train_index)} training pairs make no batch of {config.batch_size} pairs on each"
+                f" of {dist.world_size} process(es); lower batch_size, use a smaller stride or add slides"
+            )
+        self.total = config.steps or config.epochs * self.per_epoch
+        self.loader = DataLoader(
+            self.dataset, batch_size=config.batch_size, sampler=self.sampler, num_workers=config.num_workers,
+            drop_last=True, persistent_workers=config.num_workers > 0, pin_memory=self.device.type == "cuda",
+            # its own generator: worker seeds must not draw from (and shift) the global one
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def _load(self, state: dict[str, Any]) -> None:
+        if (state["batches_per_epoch"], state["world_size"]) != (self.per_epoch, self.dist.world_size):
+            raise TrainError(
+                f"cannot resume exactly: the checkpoint ran {state['world_size']} process(es) with"
+                f" {state['batches_per_epoch']} batches per epoch, this run {self.dist.world_size}"
+                f" with {self.per_epoch}"
+            )
+        self.student.load_state_dict(state["student"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        set_rng_state(state["rng"])
+
+    def _save(self) -> None:
+        if self.dist.main:
+            save_checkpoint(self.out / CHECKPOINT_NAME, {
+                "format": CHECKPOINT_FORMAT, "step": self.step, "total_steps": self.total,
+                "batches_per_epoch": self.per_epoch, "world_size": self.dist.world_size,
+                "config": self.config.to_dict(), "student": self.student.state_dict(),
+                "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": get_rng_state(),
+            })
+        self.dist.barrier()
+
+    # ---- one step ------------------------------------------------------------------------
+    def _train_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """One optimiser step; returns (loss, global, local, grad norm) as a detached tensor."""
+        if "target" in batch:  # from the cache
+            target = batch["target"].flatten(0, 1).to(self.device, non_blocking=True)
+        else:
+            crops = batch["teacher"].flatten(0, 1).to(self.device, non_blocking=True)
+            target = embed_crops(self.teacher, crops, chunk=self.config.teacher_chunk, amp_dtype=self.amp)
+        x = self.student.preprocess(batch["student"].flatten(0, 1))
+        with autocast(self.device, self.amp):
+            loss, loss_g, loss_l = self.step_module(x, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = nn.utils.clip_grad_norm_(self.student.parameters(), self.config.clip_grad or math.inf)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update(self.student)
+        self.step += 1
+        return torch.stack([loss.detach(), loss_g.detach(), loss_l.detach(), grad_norm.detach()]).double()
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self, stop_at: int | None) -> TrainResult:
+        config, dist, out = self.config, self.dist, self.out
+        runlog = RunLog(out, enabled=dist.main, start_step=self.step, total_steps=self.total,
+                        progress=config.progress)
+        held, metrics = self._start_evaluation(runlog) if dist.main and len(self.held_index) else (None, None)
+        dist.barrier()
+        stop = min(self.total, stop_at) if stop_at is not None else self.total
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, global, local, grad norm
+        window_start, window_steps = time.perf_counter(), 0
+        try:
+            while self.step < stop:
+                epoch = self.step // self.per_epoch
+                self.sampler.set_epoch(epoch, start_batch=self.step % self.per_epoch)
+                for batch in self.loader:
+                    lr = self.scheduler.get_last_lr()[0]
+                    sums += self._train_step(batch)
+                    window_steps += 1
+                    runlog.advance()
+                    if self.step % config.log_every == 0 or self.step == stop:
+                        if dist.world_size > 1:
+                            torch.distributed.all_reduce(sums)
+                        mean = (sums / (window_steps * dist.world_size)).tolist()
+                        seconds = max(time.perf_counter() - window_start, 1e-9)
+                        runlog.step({
+                            "step": self.step, "epoch": epoch, "lr": lr, "loss": mean[0],
+                            "loss_global": mean[1], "loss_local": mean[2], "grad_norm": mean[3],
+                            "loss_scale": self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
+                            "pairs_per_s": window_steps * config.batch_size * dist.world_size / seconds,
+                        })
+                        sums.zero_()
+                        window_start, window_steps = time.perf_counter(), 0
+                    every = config.eval_every
+                    if held is not None and (self.step == self.total or (every and self.step % every == 0)):
+                        scores = held(self.ema.module).to_dict()
+                        metrics["steps"][str(self.step)] = scores  # type: ignore[index]
+                        runlog.scalars("eval", scores, self.step)
+                        _write_json(out / "metrics.json", metrics)
+                    if self.step % config.checkpoint_every == 0 or self.step == stop:
+                        self._save()
+                    if self.step >= stop:
+                        break
+        finally:
+            runlog.close()
+            self.dataset.close()
+        return self._finish(metrics)
+
+    def _start_evaluation(self, runlog: RunLog) -> tuple[_HeldOut, dict[str, Any]]:
+        """Held-out data, and the metrics so far (a resumed run continues its metrics.json)."""
+        held = _HeldOut(self.train_index, self.held_index, self.teacher, self.cache, self.config, self.amp)
+        metrics = _read_json(self.out / "metrics.json") if self.step > 0 else None
+        if metrics is None:  # a fresh run: the baseline and the student before any step
+            metrics = {
+                "train_pairs": len(self.train_index), "heldout_pairs": len(held.targets),
+                "baseline": held.baseline.to_dict(), "before": held(self.ema.module).to_dict(), "steps": {},
+            }
+            _write_json(self.out / "metrics.json", metrics)
+        runlog.scalars("eval_baseline", metrics["baseline"], self.step)
+        return held, metrics
+
+    def _finish(self, metrics: dict[str, Any] | None) -> TrainResult:
+        export = None
+        if self.step >= self.total:
+            if self.dist.main:
+                if metrics is not None:
+                    metrics["final"] = metrics["steps"][str(self.total)]
+                    _write_json(self.out / "metrics.json", metrics)
+                export = _export(self.ema.module, self.teacher, self.config, self.out, self.total, metrics)
+            self.dist.barrier()
+        return TrainResult(self.out, self.step, self.total, export, metrics, self.ema.module, self.student,
+                           self.dist.rank)
+
+
+# ---- before and after ---------------------------------------------------------------------------
+def _resume_state(config: TrainConfig, resume: Resume) -> dict[str, Any] | None:
+    existing = config.out_dir / CHECKPOINT_NAME
+    if not resume:
+        if existing.exists():
+            raise TrainError(
+                f"{config.out_dir}: holds a checkpoint of an earlier run; resume it (--resume) or"
+                " choose another output folder"
+            )
+        return None
+    path = existing if resume is True else Path(resume)
+    if not path.is_file():
+        raise TrainError(f"{path}: no checkpoint to resume from")
+    state = load_checkpoint(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path}: not a napari-xmag training checkpoint")
+    differ = config.differences(TrainConfig.from_dict(state["config"]))
+    if differ:
+        what = ", ".join(f"{k}: {b!r} -> {a!r}" for k, (a, b) in differ.items())
+        raise TrainError(
+            f"cannot resume with a changed configuration ({what}); only runtime options may change"
+        )
+    return state
+
+
+def _check_heads(student: Any, teacher: Any, config: TrainConfig) -> None:
+    """The heads map the student's width to the teacher's embedding size, and reload as such.
+
+    ``create_model(export)`` rebuilds the heads for the registered teacher's width (see
+    ``models.head_dims``), so a teacher of another width would train but not reload.
+    """
+    _, out_dim = head_dims(student.spec, tiny=config.student_tiny, width=student.width)
+    if out_dim != teacher.embed_dim:
+        raise ValueError(
+            f"the {student.spec.name} student's heads are built for {student.spec.distilled_from}'s"
+            f" {out_dim}-d embedding, but the teacher {teacher.spec.name} gives {teacher.embed_dim}-d"
+            " vectors; choose a teacher of that size (uni2-h, h-optimus-0: 1536-d), or a tiny teacher"
+            " for a tiny student"
+        )
+
+
+def _prepare_cache(config: TrainConfig, index: PairIndex, teacher: Any, dist: _Dist,
+                   amp: torch.dtype | None) -> TeacherCache:
+    """Open the teacher cache, building it first (rank 0; the others wait) if it is missing."""
+    path = config.cache
+    if dist.main and not path.exists():  # type: ignore[union-attr]
+        log.info("building the teacher cache %s for %d pairs", path, len(index))
+        build_teacher_cache(
+            path, index, teacher, flips=config.flips, batch_size=max(1, config.batch_size // 4),
+            num_workers=config.cache_workers, teacher_chunk=config.teacher_chunk, amp_dtype=amp,
+            progress=config.progress,
+        )
+    dist.barrier()
+    cache = TeacherCache(path, in_memory=config.cache_in_memory)  # type: ignore[arg-type]
+    cache.check(index, model_identity(teacher), flips=config.flips)
+    return cache
+
+
+def _export(ema: Any, teacher: Any, config: TrainConfig, out: Path, steps: int, metrics: dict | None) -> Path:
+    """The EMA student with both heads, as a model folder, plus how it was made."""
+    folder = save_model(ema, out / EXPORT_NAME, overwrite=True)
+    _write_json(folder / "distillation.json", {
+        "method": "XMAG cross-magnification distillation (arXiv 2509.23097)",
+        "teacher": model_identity(teacher),
+        "teacher_licence": teacher.spec.licence,
+        "licence_note": (
+            "a student distilled from a teacher inherits the teacher's terms; from UNI2-h:"
+            " CC-BY-NC-ND-4.0 (non-commercial, no derivatives)"
+        ),
+        "steps": steps,
+        "config": config.to_dict(),
+        "heldout": metrics,
+    })
+    return folder
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
