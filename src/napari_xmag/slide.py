@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import threading
+import weakref
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,7 +72,7 @@ class MissingMppWarning(UserWarning):
     """The slide records no µm per pixel; physical scales are unknown."""
 
 
-_open_slides = 0
+_open_slides: weakref.WeakSet[Slide] = weakref.WeakSet()
 _open_slides_lock = threading.Lock()
 
 
@@ -85,17 +86,21 @@ def shared_tile_cache() -> openslide.OpenSlideCache:
     return openslide.OpenSlideCache(int(megabytes * 1024 * 1024))
 
 
-def _slide_opened() -> None:
-    global _open_slides
+def open_slides() -> list[Slide]:
+    """The slides opened and not yet closed (or collected)."""
     with _open_slides_lock:
-        _open_slides += 1
+        return list(_open_slides)
 
 
-def _slide_closed() -> None:
-    global _open_slides
+def _slide_opened(slide: Slide) -> None:
     with _open_slides_lock:
-        _open_slides -= 1
-        if _open_slides == 0:
+        _open_slides.add(slide)
+
+
+def _slide_closed(slide: Slide) -> None:
+    with _open_slides_lock:
+        _open_slides.discard(slide)
+        if not _open_slides:
             shared_tile_cache.cache_clear()
             _return_freed_memory()
 
@@ -305,7 +310,7 @@ class Slide:
         self._tile_reads = 0
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
-        _slide_opened()  # last: a constructor that raised has nothing to close
+        _slide_opened(self)  # last: a constructor that raised has nothing to close
 
     # ---- metadata ---------------------------------------------------------------------
     @property
@@ -582,7 +587,7 @@ class Slide:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._osr.close()
-        _slide_closed()
+        _slide_closed(self)
 
     def __del__(self) -> None:
         # a slide dropped without close() (a napari layer deleted) still frees its handle

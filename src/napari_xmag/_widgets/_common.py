@@ -1,0 +1,66 @@
+"""Small helpers the XMAG dock widgets share: finding slide layers, adding owned layers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import napari
+
+RANDOM_TAG = "RANDOM WEIGHTS"
+
+
+def slide_layers(viewer: napari.viewer.Viewer, *exclude_roles: str) -> list[tuple[str, Any]]:
+    """(name, layer) of the Image layers our reader made (they carry ``metadata["xmag"]``)."""
+    from napari.layers import Image
+
+    return [
+        (layer.name, layer)
+        for layer in viewer.layers
+        if isinstance(layer, Image)
+        and "xmag" in layer.metadata
+        and not any(role in layer.metadata for role in exclude_roles)
+    ]
+
+
+def slide_info(layer: Any) -> tuple[str, float | None]:
+    """(slide path, the µm/px override to open it with: only when the user gave one)."""
+    meta = layer.metadata["xmag"]
+    mpp = meta.get("mpp_x") if meta.get("mpp_source") == "override" else None
+    return str(meta["path"]), mpp
+
+
+def slide_offset(layer: Any) -> np.ndarray:
+    """World offset (µm, y, x) of the slide layer: maps are placed relative to it."""
+    return np.asarray(layer.translate[-2:], np.float64)
+
+
+def replace_layer(viewer: napari.viewer.Viewer, role_key: str, role: str, slide: str,
+                  layer_data: tuple[Any, dict[str, Any], str]) -> list[Any]:
+    """Add ``layer_data`` as layers owned by a widget, removing the ones it replaces.
+
+    A layer is replaced when its ``metadata[role_key]`` is ``{"role": role, "slide": slide}``.
+    """
+    for layer in list(viewer.layers):
+        owned = layer.metadata.get(role_key)
+        if isinstance(owned, dict) and owned.get("role") == role and owned.get("slide") == slide:
+            viewer.layers.remove(layer)
+    data, kwargs, kind = layer_data
+    kwargs = dict(kwargs)
+    kwargs["metadata"] = {**kwargs.get("metadata", {}), role_key: {"role": role, "slide": slide}}
+    made = getattr(viewer, f"add_{kind}")(data, **kwargs)  # channel_axis makes several
+    return list(made) if isinstance(made, list) else [made]
+
+
+def shifted(layer_data: tuple[Any, dict[str, Any], str], offset: np.ndarray, suffix: str = "") -> tuple:
+    """The layer tuple moved by the slide layer's world ``offset``, its name(s) suffixed."""
+    data, kwargs, kind = layer_data
+    kwargs = dict(kwargs)
+    if "translate" in kwargs:
+        kwargs["translate"] = tuple(np.asarray(kwargs["translate"], np.float64) + offset)
+    if suffix:
+        name = kwargs.get("name")
+        kwargs["name"] = [f"{n}{suffix}" for n in name] if isinstance(name, list) else f"{name}{suffix}"
+    return data, kwargs, kind

@@ -1,0 +1,370 @@
+"""The XMAG inference dock widget: wiring only; the work is in :mod:`napari_xmag.embed` and
+:mod:`napari_xmag.maps`.
+
+Pick a slide layer and a model, press *Embed and map*: the slide's tissue patches are embedded
+in a background thread (napari progress bar, *Cancel* stops it without writing anything) into
+``<output folder>/<model>-<weights>/<settings>/<slide>.h5`` (reused when it is already there),
+then the chosen maps appear on the slide: PCA colours, k-means segmentation, the tissue mask and
+the patch grid. Layers made with random weights say so in their names and metadata.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+
+from napari_xmag._widgets._common import (
+    RANDOM_TAG,
+    replace_layer,
+    shifted,
+    slide_info,
+    slide_layers,
+    slide_offset,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+#: Metadata key of the layers this widget owns: ``{"role": ..., "slide": path}``.
+ROLE = "xmag-inference"
+MAGNIFICATIONS = ("5x", "20x", "10x", "2.5x", "40x")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MASK_COLOUR = [0.2, 0.8, 0.3, 1.0]
+GRID_COLOUR = "#ffd400"
+
+
+def default_output_folder() -> Path:
+    """``<user cache>/features`` (``XMAG_CACHE_DIR/features`` when that is set)."""
+    from napari_xmag.sample import cache_dir
+
+    return cache_dir() / "features"
+
+
+def run_folder(out_dir: str | Path, model: str, weights: str, settings: Any) -> Path:
+    """Where one model and settings keep their features: one file per slide, reused on reruns."""
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+    tag = (
+        f"{settings.mpp:g}um-{settings.patch_size}px-s{settings.stride or settings.patch_size}"
+        f"-t{settings.tissue_threshold:g}-{settings.precision}"
+    )
+    name = Path(model).name if "/" in model and ":" not in model else model  # a path: its last part
+    return Path(out_dir) / f"{safe(name)}-{safe(weights)}" / tag
+
+
+class InferenceWidget(Container):
+    """Dock widget: embed a slide with a model, then show its maps aligned with the slide.
+
+    ``tiny`` and ``model_overrides`` are for tests (the models' small configurations); they are
+    not shown in the dock.
+    """
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        *,
+        tiny: bool = False,
+        model_overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        from napari_xmag.embed import PRECISIONS
+        from napari_xmag.models import list_models
+
+        self._viewer = viewer
+        self._tiny = tiny
+        self._overrides = dict(model_overrides or {})
+        names = list_models()
+        self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
+        self._model_edit = LineEdit(
+            label="model", value="xmag",
+            tooltip="a registered model (" + ", ".join(names) + "), a local weights file or model"
+            " folder, or hf-hub:ORG/NAME",
+        )
+        self._model_choices = ComboBox(label="registered", choices=names, value="xmag",
+                                       tooltip="pick a registered model to fill in the model field")
+        self._weights_edit = ComboBox(
+            label="weights", choices=["auto", "random"], value="auto",
+            tooltip="auto: the model's own weights (local file or hub); random: untrained, for trying"
+            " the plumbing only (the layers say RANDOM WEIGHTS)",
+        )
+        self._mpp_edit = ComboBox(label="resolution", choices=MAGNIFICATIONS, value="5x",
+                                  tooltip="target magnification of the patches (5x = 2 µm/px)")
+        self._stride_edit = SpinBox(
+            label="stride (px)", value=224, min=16, max=4096, step=16,
+            tooltip="pixels at the target resolution between patches; 112 = half overlap",
+        )
+        self._threshold_edit = FloatSpinBox(
+            label="tissue threshold", value=0.25, min=0.0, max=1.0, step=0.05,
+            tooltip="fraction of a patch that must be tissue",
+        )
+        self._device_edit = ComboBox(label="device", choices=DEVICES, value="auto")
+        self._precision_edit = ComboBox(label="precision", choices=PRECISIONS, value="fp32")
+        self._out_edit = FileEdit(label="output folder", mode="d", value=default_output_folder())
+        self._pca_edit = CheckBox(text="PCA colours", value=True)
+        self._kmeans_edit = CheckBox(text="k-means segmentation", value=True)
+        self._k_edit = SpinBox(label="clusters (K)", value=6, min=2, max=20)
+        self._mask_edit = CheckBox(text="tissue mask", value=False)
+        self._grid_edit = CheckBox(text="patch grid", value=False)
+        self._run_button = PushButton(text="Embed and map")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._status = Label(value="")
+        self._status.native.setWordWrap(True)
+        self.extend([
+            self._slide_edit, self._model_edit, self._model_choices, self._weights_edit, self._mpp_edit,
+            self._stride_edit, self._threshold_edit, self._device_edit, self._precision_edit,
+            self._out_edit, self._pca_edit, self._kmeans_edit, self._k_edit, self._mask_edit,
+            self._grid_edit, self._run_button, self._cancel_button, self._status,
+        ])
+        self._cancel = threading.Event()
+        self._worker: Any = None
+        self._progress_bar: Any = None
+        self._done: tuple[int, int] = (0, 0)
+        self._models: dict[tuple[str, str], Any] = {}
+        self._timer: Any = None
+        self._model_choices.changed.connect(self._on_model_picked)
+        self._run_button.changed.connect(self._on_run)
+        self._cancel_button.changed.connect(self._on_cancel)
+        viewer.layers.events.inserted.connect(self._on_layers_changed)
+        viewer.layers.events.removed.connect(self._on_layers_changed)
+
+    # ---- choices ------------------------------------------------------------------------
+    def _slide_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return slide_layers(self._viewer, ROLE, "xmag_map")
+
+    # ---- handlers -----------------------------------------------------------------------
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        self._slide_edit.reset_choices()
+
+    def _on_model_picked(self, _event: Any = None) -> None:
+        self._model_edit.value = self._model_choices.value
+
+    def _on_cancel(self, _event: Any = None) -> None:
+        self._cancel.set()
+        self._status.value = "Cancelling after the current batch..."
+
+    def _on_run(self, _event: Any = None) -> None:
+        from napari.qt.threading import create_worker
+
+        from napari_xmag.embed import EmbedSettings
+
+        layer = self._slide_edit.value
+        if layer is None:
+            self._status.value = "Open a slide with napari-xmag first (File > Open, or the sample slide)."
+            return
+        if self._worker is not None:
+            self._status.value = "Already running: wait, or press Cancel."
+            return
+        path, mpp_override = slide_info(layer)
+        try:
+            settings = EmbedSettings(
+                mpp=self._mpp_edit.value, stride=int(self._stride_edit.value),
+                tissue_threshold=float(self._threshold_edit.value), mpp_override=mpp_override,
+                device=self._device_edit.value, precision=self._precision_edit.value,
+                batch_size=16, workers=2,
+            )
+        except ValueError as err:
+            self._status.value = str(err)
+            return
+        model, weights = self._model_edit.value.strip(), self._weights_edit.value
+        out_dir = run_folder(self._out_edit.value, model, weights, settings)
+        maps = {"pca": self._pca_edit.value, "kmeans": self._kmeans_edit.value, "mask": self._mask_edit.value,
+                "grid": self._grid_edit.value}
+
+        self._cancel = threading.Event()
+        self._done = (0, 0)
+        self._worker = create_worker(
+            _work, path, self._model(model, weights), out_dir, settings, maps, int(self._k_edit.value),
+            self._cancel, self._on_progress, _start_thread=False,
+            # errors handled here (napari's default re-raises them as notifications)
+            _connect={"returned": lambda result: self._on_returned(layer, result),
+                      "errored": self._on_errored, "finished": self._on_finished},
+        )
+        self._run_button.enabled, self._cancel_button.enabled = False, True
+        self._status.value = f"Embedding {Path(path).name} with {model} ({weights} weights)..."
+        self._start_progress()
+        self._worker.start()
+
+    def _on_progress(self, done: int, total: int) -> None:
+        """Called from the worker thread: only records; the main thread's timer shows it."""
+        self._done = (done, total)
+
+    def _on_tick(self) -> None:
+        from napari.utils import progress
+
+        done, total = self._done
+        if total and self._progress_bar is None:
+            self._progress_bar = progress(total=total, desc="XMAG embedding")
+        if self._progress_bar is not None:
+            self._progress_bar.update(done - self._progress_bar.n)
+
+    def _on_returned(self, layer: Any, result: tuple[Any, list[tuple[str, tuple]]]) -> None:
+        embedding, layers = result
+        path, _ = slide_info(layer)
+        offset = slide_offset(layer)
+        for role, layer_data in layers:
+            replace_layer(self._viewer, ROLE, role, path, shifted(layer_data, offset))
+        what = "reused" if embedding.skipped else "embedded"
+        self._status.value = f"{what}: {embedding.summary()}"
+        self._viewer.layers.selection.active = layer
+
+    def _on_errored(self, err: BaseException) -> None:
+        from napari_xmag.embed import EmbedCancelled
+
+        if isinstance(err, EmbedCancelled):
+            self._status.value = f"Cancelled: {err}; nothing was written."
+        else:
+            self._status.value = f"{type(err).__name__}: {err}"
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        if self._progress_bar is not None:
+            self._progress_bar.close()
+            self._progress_bar = None
+        self._run_button.enabled, self._cancel_button.enabled = True, False
+
+    # ---- wiring helpers -----------------------------------------------------------------
+    def _start_progress(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._on_tick)
+        self._timer.start()
+
+    def _model(self, name: str, weights: str) -> Any:
+        """A lazy model: built in the worker the first time, then kept for later runs."""
+        key = (name, weights)
+        if key not in self._models:
+            self._models[key] = _LazyModel(name, weights, self._tiny, self._overrides)
+        return self._models[key]
+
+
+def _import_torch() -> None:
+    """Import torch's heavy C extensions on the main thread: some (triton, via torch._dynamo)
+    crash when first loaded in a Qt worker thread."""
+    import torch._dynamo  # noqa: F401
+
+    import napari_xmag.models  # noqa: F401
+
+
+class _LazyModel:
+    """Builds the model on first use (in the worker thread: loading weights takes a while)."""
+
+    def __init__(self, name: str, weights: str, tiny: bool, overrides: Mapping[str, Any]) -> None:
+        self.name, self.weights, self.tiny, self.overrides = name, weights, tiny, dict(overrides)
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                from napari_xmag.models import create_model
+
+                self._model = create_model(self.name, weights=self.weights, tiny=self.tiny,
+                                           overrides=self.overrides or None)
+            return self._model
+
+
+def _work(
+    path: str, lazy: _LazyModel, out_dir: Path, settings: Any, maps: dict[str, bool], k: int,
+    cancel: threading.Event, progress: Any,
+) -> tuple[Any, list[tuple[str, tuple]]]:
+    """The worker: embed (or reuse), then make the maps' layer tuples (no napari objects)."""
+    from napari_xmag import maps as xmaps
+    from napari_xmag.embed import embed_slide
+    from napari_xmag.features import read_features
+
+    model = lazy.get()
+    embedding = embed_slide(path, model, out_dir, settings, progress=progress, cancel=cancel)
+    data = read_features(embedding.output)
+    random = bool(data.attrs.get("weights_random"))
+    suffix = f" [{RANDOM_TAG}]" if random else ""
+    layers: list[tuple[str, tuple]] = []
+    if maps.get("pca"):
+        layers.append(("pca", _tagged(xmaps.pca_map(embedding.output).layer_data(), suffix, random)))
+    if maps.get("kmeans"):
+        layers.append(("kmeans", _tagged(xmaps.kmeans_map(embedding.output, k).layer_data(), suffix, random)))
+    if maps.get("mask"):
+        layers.append(("mask", tissue_mask_layer(path, settings.mpp_override)))
+    if maps.get("grid"):
+        layers.append(("grid", patch_grid_layer(data, suffix)))
+    return embedding, layers
+
+
+def _tagged(layer_data: tuple, suffix: str, random: bool) -> tuple:
+    data, kwargs, kind = shifted(layer_data, np.zeros(2), suffix)
+    kwargs["metadata"] = {**kwargs.get("metadata", {}), "weights_random": random}
+    return data, kwargs, kind
+
+
+def tissue_mask_layer(path: str, mpp_override: float | None = None) -> tuple[Any, dict[str, Any], str]:
+    """The tissue mask as a Labels tuple: mask pixel ``i`` centred at
+    ``((i + 0.5) * downsample - 0.5) * mpp`` µm, i.e. over the level-0 pixels it stands for."""
+    from napari_xmag.slide import Slide
+    from napari_xmag.tiling import tissue_mask
+
+    with Slide(path, mpp=mpp_override) as slide:
+        mask = tissue_mask(slide)
+        mpp_y, mpp_x = slide.mpp_y, slide.mpp_x
+        name = slide.name
+    ds = mask.downsample
+    kwargs = {
+        "name": f"{name} tissue mask",
+        "scale": (ds * mpp_y, ds * mpp_x),
+        "translate": ((0.5 * ds - 0.5) * mpp_y, (0.5 * ds - 0.5) * mpp_x),
+        "units": ("um", "um"),
+        "opacity": 0.35,
+        "colormap": {None: [0, 0, 0, 0], 0: [0, 0, 0, 0], 1: MASK_COLOUR},
+        "metadata": {"tissue_mask": {"downsample": ds, "mpp": mask.mpp, "slide_path": path,
+                                     "tissue_fraction": mask.tissue_fraction}},
+    }
+    return mask.mask.astype(np.uint8), kwargs, "labels"
+
+
+def patch_grid_rectangles(coords: np.ndarray, size_level0: float, slide_mpp: float) -> np.ndarray:
+    """(N, 2, 2) rectangles (µm, [[y0, x0], [y1, x1]]): patch at level-0 ``x`` spans
+    ``(x - 0.5) * mpp .. (x + size - 0.5) * mpp``."""
+    xy = np.asarray(coords, np.float64).reshape(-1, 2)
+    lo = (xy - 0.5) * slide_mpp
+    hi = (xy + size_level0 - 0.5) * slide_mpp
+    return np.stack([lo[:, ::-1], hi[:, ::-1]], axis=1)
+
+
+def patch_grid_layer(data: Any, suffix: str = "") -> tuple[Any, dict[str, Any], str]:
+    """The embedded patches as a Shapes tuple of rectangles, edges only."""
+    from napari_xmag.maps import grid_for_features
+
+    grid = grid_for_features(data)
+    rects = patch_grid_rectangles(data.coords, grid.patch_x, grid.slide_mpp)
+    name = str(data.coords_attrs.get("name") or Path(str(data.attrs.get("slide_path", ""))).stem)
+    kwargs = {
+        "name": f"{name} patch grid ({len(rects)} patches){suffix}",
+        "shape_type": "rectangle",
+        "edge_color": GRID_COLOUR,
+        "face_color": "transparent",
+        "edge_width": max(grid.patch_x * grid.slide_mpp / 100, grid.slide_mpp),
+        "translate": (0.0, 0.0),
+        "units": ("um", "um"),
+        "metadata": {"patches": len(rects), "patch_size_level0": grid.patch_x},
+    }
+    return list(rects), kwargs, "shapes"

@@ -1,0 +1,196 @@
+"""The XMAG few-shot probe dock widget: wiring only; the work is in :mod:`napari_xmag.fewshot`.
+
+Paint a few regions of each tissue type into a Labels layer (class ids 1, 2, ...) or drop
+Points with a ``class`` feature, press *Train and predict*: a linear probe learns from the
+patches under the annotations and maps the whole slide (a probability heatmap per class and a
+segmentation). *Save probe* / *Load probe* keep it as a ``.npz`` (no pickle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+
+from napari_xmag import fewshot
+from napari_xmag._widgets._common import replace_layer, shifted, slide_info, slide_layers, slide_offset
+from napari_xmag.features import FeatureFileError
+
+if TYPE_CHECKING:
+    import napari
+
+#: Metadata key of the layers this widget owns: ``{"role": ..., "slide": path}``.
+ROLE = "xmag-probe"
+#: µm per pixel of the annotation layer *New annotation layer* adds (fine enough to paint
+#: single 5x patches, 448 µm, coarse enough to stay small on a whole slide).
+ANNOTATION_UM = 16.0
+POINT_CLASS_KEYS = ("class", "label", "class_id")
+
+
+class ProbeWidget(Container):
+    """Dock widget: train a linear probe on a few annotations and map the whole slide."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
+        self._features_edit = FileEdit(
+            label="features", mode="r", filter="*.h5 *.zarr",
+            tooltip="the slide's features file; the XMAG inference widget's is filled in",
+        )
+        self._annotations_edit = ComboBox(
+            label="annotations", choices=self._annotation_layers,
+            tooltip="a Labels layer painted with class ids 1, 2, ... or Points with a 'class' feature",
+        )
+        self._new_button = PushButton(text="New annotation layer")
+        self._train_button = PushButton(text="Train and predict")
+        self._probe_file_edit = FileEdit(label="probe file", mode="w", filter="*.npz",
+                                         value=Path("probe.npz"))
+        self._save_button = PushButton(text="Save probe")
+        self._load_button = PushButton(text="Load probe")
+        self._status = Label(value="")
+        self._status.native.setWordWrap(True)
+        self.extend([
+            self._slide_edit, self._features_edit, self._annotations_edit, self._new_button,
+            self._train_button, self._probe_file_edit, self._save_button, self._load_button,
+            self._status,
+        ])
+        self._probe: Any = None
+        self._slide_edit.changed.connect(self._on_slide_changed)
+        self._new_button.changed.connect(self._on_new_annotations)
+        self._train_button.changed.connect(self._on_train)
+        self._save_button.changed.connect(self._on_save)
+        self._load_button.changed.connect(self._on_load)
+        viewer.layers.events.inserted.connect(self._on_layers_changed)
+        viewer.layers.events.removed.connect(self._on_layers_changed)
+        self._on_slide_changed()
+
+    # ---- choices ------------------------------------------------------------------------
+    def _slide_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return slide_layers(self._viewer, ROLE, "xmag_map", "xmag-inference")
+
+    def _annotation_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Labels, Points
+
+        return [
+            (f"{layer.name} ({type(layer).__name__.lower()})", layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, (Labels, Points))
+            and not any(k in layer.metadata for k in (ROLE, "xmag_map", "xmag-inference", "xmag-explorer"))
+        ]
+
+    def _default_features(self, layer: Any) -> str | None:
+        """The features file of the slide's maps (the inference widget's last run), if any."""
+        path, _ = slide_info(layer)
+        for other in reversed(list(self._viewer.layers)):
+            meta = other.metadata.get("xmag_map")
+            if isinstance(meta, dict) and meta.get("slide_path") == path and meta.get("features_path"):
+                return str(meta["features_path"])
+        return None
+
+    # ---- handlers -----------------------------------------------------------------------
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        self._slide_edit.reset_choices()
+        self._annotations_edit.reset_choices()
+        self._on_slide_changed()
+
+    def _on_slide_changed(self, _event: Any = None) -> None:
+        layer = self._slide_edit.value
+        if layer is None:
+            return
+        found = self._default_features(layer)
+        if found and found != str(self._features_edit.value):
+            self._features_edit.value = found
+
+    def _on_new_annotations(self, _event: Any = None) -> None:
+        layer = self._slide_edit.value
+        if layer is None:
+            self._status.value = "Open a slide with napari-xmag first."
+            return
+        meta = layer.metadata["xmag"]
+        width, height = meta["dimensions"]
+        mpp_y, mpp_x = (float(s) for s in layer.scale[-2:])
+        shape = (int(np.ceil(height * mpp_y / ANNOTATION_UM)), int(np.ceil(width * mpp_x / ANNOTATION_UM)))
+        offset = slide_offset(layer) + (0.5 * ANNOTATION_UM - 0.5 * np.array([mpp_y, mpp_x]))
+        annotations = self._viewer.add_labels(
+            np.zeros(shape, np.uint8), name=f"{layer.name} annotations", scale=(ANNOTATION_UM,) * 2,
+            translate=tuple(offset), units=("um", "um"), opacity=0.6,
+        )
+        annotations.mode = "paint"
+        annotations.brush_size = 10
+        annotations.selected_label = 1
+        self._annotations_edit.value = annotations
+        self._status.value = (
+            "Paint class 1 on one tissue type, class 2 on another (and so on), then Train and predict."
+        )
+
+    def _on_train(self, _event: Any = None) -> None:
+        layer, annotations = self._slide_edit.value, self._annotations_edit.value
+        if layer is None:
+            self._status.value = "Open a slide with napari-xmag first."
+            return
+        if annotations is None:
+            self._status.value = "Add an annotation layer (New annotation layer) and paint a few regions."
+            return
+        try:
+            kwargs = self._annotations(layer, annotations)
+            result = fewshot.fewshot_probe(str(self._features_edit.value), **kwargs)
+        except (fewshot.FewShotError, ValueError, OSError) as err:
+            self._status.value = str(err)
+            return
+        self._probe = result.probe
+        self._show(layer, result.heatmaps, result.segmentation)
+        self._status.value = result.summary()
+
+    def _on_save(self, _event: Any = None) -> None:
+        if self._probe is None:
+            self._status.value = "Train a probe first (Train and predict), or load one."
+            return
+        path = fewshot.save_probe(self._probe, self._probe_file_edit.value)
+        self._status.value = f"Saved the probe to {path}"
+
+    def _on_load(self, _event: Any = None) -> None:
+        layer = self._slide_edit.value
+        if layer is None:
+            self._status.value = "Open a slide with napari-xmag first."
+            return
+        try:
+            probe = fewshot.load_probe(self._probe_file_edit.value)
+            fewshot.load_features(str(self._features_edit.value))  # says how to make a missing one
+            heat, seg = fewshot.predict_maps(str(self._features_edit.value), probe)
+        except (fewshot.FewShotError, FeatureFileError, ValueError, OSError) as err:
+            self._status.value = str(err)
+            return
+        self._probe = probe
+        self._show(layer, heat, seg)
+        self._status.value = f"Loaded {self._probe_file_edit.value}: {len(heat.classes)} classes"
+
+    # ---- wiring helpers -----------------------------------------------------------------
+    def _annotations(self, slide_layer: Any, annotations: Any) -> dict[str, Any]:
+        """The annotations in the slide's frame (µm, relative to the slide layer)."""
+        from napari.layers import Labels
+
+        offset = slide_offset(slide_layer)
+        if isinstance(annotations, Labels):
+            data = annotations.data[0] if annotations.multiscale else annotations.data
+            translate = np.asarray(annotations.translate[-2:], np.float64) - offset
+            return {"labels": (np.asarray(data), tuple(annotations.scale[-2:]), tuple(translate))}
+        features = annotations.features
+        key = next((k for k in POINT_CLASS_KEYS if k in features), None)
+        if key is None:
+            raise fewshot.FewShotError(
+                f"{annotations.name}: give the points a 'class' feature (1, 2, ...):"
+                " layer.features['class'] = [...]"
+            )
+        world = np.array([annotations.data_to_world(p) for p in annotations.data])
+        world = world.reshape(-1, annotations.ndim)
+        return {"points": (world[:, -2:] - offset, np.asarray(features[key]))}
+
+    def _show(self, slide_layer: Any, heat: Any, seg: Any) -> None:
+        path, _ = slide_info(slide_layer)
+        offset = slide_offset(slide_layer)
+        replace_layer(self._viewer, ROLE, "heatmaps", path, shifted(heat.layer_data(), offset))
+        replace_layer(self._viewer, ROLE, "segmentation", path, shifted(seg.layer_data(), offset))
+        self._viewer.layers.selection.active = slide_layer

@@ -1,0 +1,193 @@
+"""The XMAG inference widget, without clicking: set controls, call handlers, wait, assert layers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CMU1
+
+pytest.importorskip("napari")
+# torch, timm and torchvision (which loads triton) before any viewer exists: triton's bundled
+# LLVM crashes when first loaded beside Mesa's llvmpipe (the software OpenGL of xvfb runs).
+import torch._dynamo  # noqa: F401
+
+import napari_xmag.models  # noqa: F401
+
+pytestmark = pytest.mark.skipif(not CMU1.path.exists(), reason="CMU-1 test slide not available")
+
+TIMEOUT_MS = 60_000
+
+
+def open_slide(viewer, path):
+    from napari.layers import Layer
+
+    from napari_xmag._reader import slide_layer_data
+
+    return viewer.add_layer(Layer.create(*slide_layer_data(str(path))))
+
+
+def make_widget(viewer, tmp_path, **maps):
+    from napari_xmag._widgets.inference import InferenceWidget
+
+    widget = InferenceWidget(viewer, tiny=True)
+    widget._weights_edit.value = "random"
+    widget._stride_edit.value = 112
+    widget._out_edit.value = tmp_path / "features"
+    widget._device_edit.value = "cpu"
+    for key, value in maps.items():
+        getattr(widget, f"_{key}_edit").value = value
+    return widget
+
+
+def run(qtbot, widget) -> None:
+    widget._on_run()
+    wait(qtbot, widget)
+
+
+def wait(qtbot, widget) -> None:
+    """Until the widget has handled its worker's end (a fast worker may finish before a
+    ``waitSignal`` could connect, so wait on the widget's state instead)."""
+    assert widget._worker is not None
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+
+
+def owned(viewer, role):
+    return [
+        layer for layer in viewer.layers
+        if isinstance(layer.metadata.get("xmag-inference"), dict)
+        and layer.metadata["xmag-inference"]["role"] == role
+    ]
+
+
+def test_embeds_and_adds_aligned_maps(make_napari_viewer, qtbot, tmp_path) -> None:
+    from napari.layers import Image, Labels, Shapes
+    from qtpy.QtCore import QTimer
+
+    from napari_xmag import maps
+    from napari_xmag.features import read_features
+
+    viewer = make_napari_viewer()
+    slide_layer = open_slide(viewer, CMU1.path)
+    widget = make_widget(viewer, tmp_path, mask=True, grid=True, k=4)
+    assert widget._slide_edit.value is slide_layer
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start()
+    widget._on_run()
+    wait(qtbot, widget)
+    timer.stop()
+    # the event loop kept turning while the worker embedded: the viewer stayed responsive
+    assert len(ticks) >= 20, len(ticks)
+    print(f"event-loop ticks during the run: {len(ticks)}")
+
+    assert widget._status.value.startswith("embedded:"), widget._status.value
+    [h5] = list((tmp_path / "features").rglob("*.h5"))
+    assert h5.parent.parent.name == "xmag-random"
+    data = read_features(h5)
+    assert data.attrs["weights_random"] is True
+
+    [pca] = owned(viewer, "pca")
+    ref = maps.pca_map(h5)
+    assert isinstance(pca, Image) and pca.rgb and "RANDOM WEIGHTS" in pca.name
+    np.testing.assert_allclose(pca.scale, ref.scale)
+    np.testing.assert_allclose(pca.translate, ref.translate)
+    # by hand (docs/maps.md): CMU-1 at 5x stride 112, step 449 level-0 px, first patch (449, 898)
+    np.testing.assert_allclose(pca.scale, (449 * 0.499, 449 * 0.499), rtol=1e-3)
+    x0, y0 = data.coords.min(0)
+    expected = ((y0 - 0.5 + 224.5) * 0.499, (x0 - 0.5 + 224.5) * 0.499)
+    np.testing.assert_allclose(pca.translate, expected, rtol=1e-3)
+
+    [km] = owned(viewer, "kmeans")
+    assert isinstance(km, Labels)
+    assert set(np.unique(km.data)) <= set(range(5)) and km.data.max() >= 2
+    np.testing.assert_allclose(km.translate, ref.translate)
+    assert km.metadata["weights_random"] is True
+
+    [mask] = owned(viewer, "mask")
+    assert isinstance(mask, Labels) and set(np.unique(mask.data)) == {0, 1}
+    ds = mask.metadata["tissue_mask"]["downsample"]
+    np.testing.assert_allclose(mask.scale, (ds * 0.499, ds * 0.499), rtol=1e-3)
+    np.testing.assert_allclose(mask.translate, ((0.5 * ds - 0.5) * 0.499,) * 2, rtol=1e-3)
+
+    [grid] = owned(viewer, "grid")
+    assert isinstance(grid, Shapes) and grid.nshapes == len(data) == 18
+    first = np.asarray(grid.data[0])
+    size0 = data.coords_attrs["patch_size_level0_exact"]
+    x, y = data.coords[0]
+    np.testing.assert_allclose(first.min(0), ((y - 0.5) * 0.499, (x - 0.5) * 0.499))
+    np.testing.assert_allclose(first.max(0), ((y + size0 - 0.5) * 0.499, (x + size0 - 0.5) * 0.499))
+
+    # the probe widget picks up the features file of the slide's maps
+    from napari_xmag._widgets.probe import ProbeWidget
+
+    assert Path(ProbeWidget(viewer)._features_edit.value) == h5
+
+    # a second run reuses the features file and replaces (not duplicates) the layers
+    n_layers = len(viewer.layers)
+    run(qtbot, widget)
+    assert widget._status.value.startswith("reused:"), widget._status.value
+    assert len(viewer.layers) == n_layers
+
+
+def test_cancel_writes_nothing(make_napari_viewer, qtbot, tmp_path) -> None:
+    viewer = make_napari_viewer()
+    open_slide(viewer, CMU1.path)
+    widget = make_widget(viewer, tmp_path)
+    widget._on_run()
+    widget._on_cancel()  # before the first batch: stops at once
+    wait(qtbot, widget)
+    assert widget._status.value.startswith("Cancelled"), widget._status.value
+    assert not list((tmp_path / "features").rglob("*.h5"))
+    assert len(viewer.layers) == 1 and widget._run_button.enabled
+
+
+def test_says_what_is_wrong(make_napari_viewer, qtbot, tmp_path) -> None:
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer, tmp_path)
+    widget._on_run()
+    assert "Open a slide" in widget._status.value
+    open_slide(viewer, CMU1.path)
+    widget._model_edit.value = "no-such-model"
+    run(qtbot, widget)
+    assert "no-such-model" in widget._status.value
+    assert len(viewer.layers) == 1
+
+
+def test_npe2_offers_the_widget(make_napari_viewer) -> None:
+    from napari_xmag._widgets.inference import InferenceWidget
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-xmag", "XMAG inference")
+    assert isinstance(widget, InferenceWidget)
+
+
+def save_screenshot(shot: np.ndarray, name: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = Path(os.environ.get("XMAG_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(shot).save(folder / name)
+
+
+def test_screenshot(make_napari_viewer, qtbot, tmp_path) -> None:
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 900)
+    open_slide(viewer, CMU1.path)
+    widget = make_widget(viewer, tmp_path, grid=True, k=4)
+    viewer.window.add_dock_widget(widget, name="XMAG inference", area="right")
+    run(qtbot, widget)
+    for layer in owned(viewer, "pca"):
+        layer.visible = False  # the k-means segmentation and the grid over the tissue
+    qtbot.wait(200)  # let the canvas take its size beside the dock before framing the slide
+    viewer.reset_view()
+    qtbot.wait(100)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    save_screenshot(shot, "widget-inference.png", tmp_path)
+    assert shot.shape[0] > 300
