@@ -26,6 +26,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
 
 from napari_xmag import compare, maps
+from napari_xmag._widgets._common import slide_layers
 from napari_xmag.models import list_models
 
 # timm (through torchvision) imports torch._dynamo and triton. Imported after an OpenGL context
@@ -146,13 +147,7 @@ class ComparisonWidget(Container):
 
     # ---- choices ------------------------------------------------------------------------
     def _slide_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        from napari.layers import Image
-
-        return [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, Image) and "xmag" in layer.metadata and ROLE not in layer.metadata
-        ]
+        return slide_layers(self._viewer, ROLE)
 
     def _roi_sources(self, _widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Shapes

@@ -15,6 +15,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, Table
 
 from napari_xmag import explorer
+from napari_xmag._widgets._common import slide_layers
 from napari_xmag.slide import SlideError
 
 if TYPE_CHECKING:
@@ -72,13 +73,7 @@ class MagnificationExplorer(Container):
 
     # ---- choices ------------------------------------------------------------------------
     def _slide_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        from napari.layers import Image
-
-        return [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, Image) and "xmag" in layer.metadata and ROLE not in layer.metadata
-        ]
+        return slide_layers(self._viewer, ROLE)
 
     def _sources(self, _widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Points, Shapes
