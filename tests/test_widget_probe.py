@@ -14,32 +14,11 @@ import torch._dynamo  # noqa: F401
 import napari_xmag.models  # noqa: F401
 from napari_xmag import fewshot
 from napari_xmag.features import read_features
+from napari_xmag.synthetic import tissue_regions
 
 WIDTH, HEIGHT, MPP = 2048, 1536, 0.5
 PATCH = 224  # level-0 px (the sample slide is 20x, patches cut at 20x)
 STROMA, TUMOUR = 1, 2
-
-
-def tissue_truth(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(tissue, tumour) masks of ``synthetic.tissue_image``: its first two random fields, redrawn."""
-    from PIL import Image
-    from scipy import ndimage
-
-    rng = np.random.default_rng(seed)
-    coarse = (max(4, height // 64), max(4, width // 64))
-
-    def smooth_noise(sigma: float) -> np.ndarray:
-        field = ndimage.gaussian_filter(rng.standard_normal(coarse), sigma)
-        field = ((field - field.mean()) / (field.std() + 1e-9)).astype(np.float32)
-        return np.asarray(Image.fromarray(field, mode="F").resize((width, height), Image.Resampling.BILINEAR))
-
-    ys = np.arange(height, dtype=np.float32)[:, None]
-    xs = np.arange(width, dtype=np.float32)[None, :]
-    margin = 0.04 * max(height, width)
-    inside = (ys > margin) & (ys < height - 1 - margin) & (xs > margin) & (xs < width - 1 - margin)
-    tissue = (smooth_noise(6.0) > -0.2) & inside
-    tumour = (smooth_noise(3.0) > 0.5) & tissue
-    return tissue, tumour
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +35,7 @@ def embedded(tmp_path_factory):
     settings = EmbedSettings(mpp=MPP, patch_size=PATCH, stride=112, device="cpu", batch_size=32, workers=2)
     out = embed_slide(slide, model, folder / "features", settings, progress=False).output
     data = read_features(out)
-    tissue, tumour = tissue_truth(WIDTH, HEIGHT)
+    tissue, tumour = tissue_regions(WIDTH, HEIGHT)
     frac_tumour = np.array([tumour[y:y + PATCH, x:x + PATCH].mean() for x, y in data.coords])
     frac_tissue = np.array([tissue[y:y + PATCH, x:x + PATCH].mean() for x, y in data.coords])
     truth = np.zeros(len(data), np.int64)  # 0: mixed, not scored

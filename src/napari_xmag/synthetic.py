@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_aperio_pyramid", "tissue_image", "mirrored_source", "write_sample_slide"]
+__all__ = ["mirrored_source", "tissue_image", "tissue_regions", "write_aperio_pyramid", "write_sample_slide"]
 
 #: ``source(level_downsample, y, x, h, w)`` returns level pixels (h, w, 3) uint8.
 TileSource = Callable[[int, int, int, int, int], np.ndarray]
@@ -122,23 +122,8 @@ def tissue_image(width: int, height: int, seed: int = 0) -> np.ndarray:
     signal to find. Smooth fields are made coarse and upsampled, which keeps an 8k x 6k
     image to a few seconds.
     """
-    from PIL import Image
-    from scipy import ndimage
-
     rng = np.random.default_rng(seed)
-    coarse = (max(4, height // 64), max(4, width // 64))
-
-    def smooth_noise(sigma: float) -> np.ndarray:
-        field = ndimage.gaussian_filter(rng.standard_normal(coarse), sigma)
-        field = ((field - field.mean()) / (field.std() + 1e-9)).astype(np.float32)
-        return np.asarray(Image.fromarray(field, mode="F").resize((width, height), Image.Resampling.BILINEAR))
-
-    ys = np.arange(height, dtype=np.float32)[:, None]
-    xs = np.arange(width, dtype=np.float32)[None, :]
-    margin = 0.04 * max(height, width)  # glass around the section, like a real slide
-    inside = (ys > margin) & (ys < height - 1 - margin) & (xs > margin) & (xs < width - 1 - margin)
-    tissue = (smooth_noise(6.0) > -0.2) & inside
-    tumour = (smooth_noise(3.0) > 0.5) & tissue
+    tissue, tumour, smooth_noise = _regions(rng, width, height)
     texture = smooth_noise(1.5)
 
     image = np.full((height, width, 3), 246.0, np.float32)  # glass
@@ -162,6 +147,35 @@ def tissue_image(width: int, height: int, seed: int = 0) -> np.ndarray:
 
     image += rng.standard_normal((height, width, 1), dtype=np.float32) * 4.0
     return np.clip(image, 0, 255, out=image).astype(np.uint8)
+
+
+def tissue_regions(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The (tissue, tumour) masks of ``tissue_image(width, height, seed)``: ground truth for tests."""
+    tissue, tumour, _ = _regions(np.random.default_rng(seed), width, height)
+    return tissue, tumour
+
+
+def _regions(
+    rng: np.random.Generator, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray, Callable[[float], np.ndarray]]:
+    """Tissue and tumour masks from the first two draws of ``rng``, and the field maker."""
+    from PIL import Image
+    from scipy import ndimage
+
+    coarse = (max(4, height // 64), max(4, width // 64))
+
+    def smooth_noise(sigma: float) -> np.ndarray:
+        field = ndimage.gaussian_filter(rng.standard_normal(coarse), sigma)
+        field = ((field - field.mean()) / (field.std() + 1e-9)).astype(np.float32)
+        return np.asarray(Image.fromarray(field, mode="F").resize((width, height), Image.Resampling.BILINEAR))
+
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    margin = 0.04 * max(height, width)  # glass around the section, like a real slide
+    inside = (ys > margin) & (ys < height - 1 - margin) & (xs > margin) & (xs < width - 1 - margin)
+    tissue = (smooth_noise(6.0) > -0.2) & inside
+    tumour = (smooth_noise(3.0) > 0.5) & tissue
+    return tissue, tumour, smooth_noise
 
 
 def write_sample_slide(
