@@ -104,3 +104,13 @@ def tissue_fraction(rgb: np.ndarray) -> float:
     saturation = rgb.max(-1) - rgb.min(-1)
     stained = (saturation > 40) & (rgb[..., 1] < rgb[..., 0]) & (rgb[..., 1] < rgb[..., 2] + 40)
     return float(stained.mean())
+
+
+def save_screenshot(shot: np.ndarray, name: str, tmp_path: Path) -> Path:
+    """Into the test's folder, and into XMAG_SCREENSHOT_DIR (e.g. docs/images) when set."""
+    from PIL import Image
+
+    for folder in filter(None, [tmp_path, os.environ.get("XMAG_SCREENSHOT_DIR")]):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(shot).save(Path(folder) / name)
+    return Path(tmp_path) / name

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import BOXES, CMU1, tissue_fraction
+from conftest import BOXES, CMU1, save_screenshot, tissue_fraction
 from napari_xmag import explorer
 from napari_xmag.explorer import MAGNIFICATIONS, SlideExplorer, field_of_view
 from napari_xmag.slide import MissingMppError, MissingMppWarning, Slide
@@ -375,15 +374,6 @@ def test_npe2_offers_the_widget(make_napari_viewer) -> None:
 
 
 # ---- in a real viewer ---------------------------------------------------------------------
-def save_screenshot(shot: np.ndarray, name: str, tmp_path: Path) -> None:
-    """Into the test's folder, and into XMAG_SCREENSHOT_DIR (e.g. docs/images) when set."""
-    from PIL import Image
-
-    for folder in filter(None, [tmp_path, os.environ.get("XMAG_SCREENSHOT_DIR")]):
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(shot).save(Path(folder) / name)
-
-
 def test_screenshot(make_napari_viewer, qtbot, tmp_path) -> None:
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1700, 680)

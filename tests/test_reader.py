@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BAD_FILES, BOXES, CMU1, SLIDES, tissue_fraction
 
+from conftest import BAD_FILES, BOXES, CMU1, SLIDES, save_screenshot, tissue_fraction
 from napari_xmag._reader import get_reader, read_slides
 from napari_xmag.slide import MissingMppWarning, SlideOpenError, SlideReadError
-
-
-def save_screenshot(shot: np.ndarray, name: str, tmp_path: Path) -> None:
-    """Into the test's folder, and into XMAG_SCREENSHOT_DIR (e.g. docs/images) when set."""
-    from PIL import Image
-
-    for folder in filter(None, [tmp_path, os.environ.get("XMAG_SCREENSHOT_DIR")]):
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(shot).save(Path(folder) / name)
 
 
 def test_get_reader_accepts_slides() -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from conftest import CMU1
+from conftest import CMU1, save_screenshot
 from napari_xmag._reader import slide_layer_data
 from napari_xmag._widgets.comparison import (
     RANDOM,
@@ -164,7 +161,6 @@ def test_screenshot_whole_cmu1(make_napari_viewer, qtbot, tmp_path) -> None:
     viewer.window._qt_window.resize(1600, 900)
     qtbot.wait(50)
     viewer.reset_view()
-    folder = Path(os.environ.get("XMAG_SCREENSHOT_DIR") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    shot = viewer.screenshot(str(folder / "widget-comparison.png"), canvas_only=True)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    save_screenshot(shot, "widget-comparison.png", tmp_path)
     assert shot.ndim == 3 and shot.shape[-1] == 4

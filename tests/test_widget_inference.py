@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import CMU1
+from conftest import CMU1, save_screenshot
 
 pytest.importorskip("napari")
 # torch, timm and torchvision (which loads triton) before any viewer exists: triton's bundled
@@ -166,14 +165,6 @@ def test_npe2_offers_the_widget(make_napari_viewer) -> None:
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-xmag", "XMAG inference")
     assert isinstance(widget, InferenceWidget)
-
-
-def save_screenshot(shot: np.ndarray, name: str, tmp_path: Path) -> None:
-    from PIL import Image
-
-    folder = Path(os.environ.get("XMAG_SCREENSHOT_DIR") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(shot).save(folder / name)
 
 
 def test_screenshot(make_napari_viewer, qtbot, tmp_path) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch._dynamo  # noqa: F401
@@ -12,6 +9,7 @@ import torch._dynamo  # noqa: F401
 # torch, timm and torchvision (which loads triton) before any viewer exists: triton's bundled
 # LLVM crashes when first loaded beside Mesa's llvmpipe (the software OpenGL of xvfb runs).
 import napari_xmag.models  # noqa: F401
+from conftest import save_screenshot
 from napari_xmag import fewshot
 from napari_xmag.features import read_features
 from napari_xmag.synthetic import tissue_regions
@@ -223,8 +221,6 @@ def test_npe2_offers_the_widget(make_napari_viewer) -> None:
 
 
 def test_screenshot(make_napari_viewer, qtbot, embedded, tmp_path) -> None:
-    from PIL import Image
-
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1500, 900)
     widget, _ = trained_widget(viewer, embedded)
@@ -239,7 +235,5 @@ def test_screenshot(make_napari_viewer, qtbot, embedded, tmp_path) -> None:
     viewer.reset_view()
     qtbot.wait(100)
     shot = viewer.screenshot(canvas_only=False, flash=False)
-    folder = Path(os.environ.get("XMAG_SCREENSHOT_DIR") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(shot).save(folder / "widget-probe.png")
+    save_screenshot(shot, "widget-probe.png", tmp_path)
     assert shot.shape[0] > 300
