@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import __version__
+from ._json import json_safe
 from .features import FeatureFileError, FeatureSet, read_features
 
 __all__ = [
@@ -403,7 +404,7 @@ class SlideMap:
 
     def layer_data(self) -> tuple[Any, dict[str, Any], str]:
         """A napari layer data tuple ``(data, kwargs, layer_type)`` aligned with the slide layer."""
-        meta = {"xmag_map": _jsonable(self.metadata)}
+        meta = {"xmag_map": json_safe(self.metadata)}
         kw: dict[str, Any] = {
             "name": self.name,
             "scale": tuple(self.scale),
@@ -468,22 +469,6 @@ def _limits(data: np.ndarray, kind: str) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 def _base_metadata(header: _Header, grid: MapGrid, kind: str, **extra: Any) -> dict[str, Any]:
     attrs, ca = header.attrs, header.coords_attrs
     slide_path = str(attrs.get("slide_path") or "")
@@ -505,7 +490,7 @@ def _base_metadata(header: _Header, grid: MapGrid, kind: str, **extra: Any) -> d
         "xmag_version": __version__,
     }
     meta.update(extra)
-    return _jsonable(meta)
+    return json_safe(meta)
 
 
 def _make(data: np.ndarray, grid: MapGrid, kind: str, name: str, meta: dict[str, Any]) -> SlideMap:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .._json import json_safe
 from ..features import FeatureFileError, FeatureSet, read_features
 
 __all__ = [
@@ -234,27 +235,10 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(data), f, indent=2, allow_nan=False)
+            json.dump(json_safe(data), f, indent=2, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON values: numpy scalars and arrays unwrapped, NaN and inf as None."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
