@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BAD_FILES, BOXES, CMU1, SLIDES
 
+from conftest import BAD_FILES, BOXES, CMU1, SLIDES
 from napari_xmag.cli import main
 
 

@@ -150,6 +150,7 @@ def test_export_loads_by_path_with_identical_embeddings(learned, tmp_path) -> No
 # ---- resume -------------------------------------------------------------------------------------
 def test_resume_reproduces_the_uninterrupted_run(tmp_path) -> None:
     """6 steps straight vs 3 + resume + 3: the same losses, metrics and weights, bit for bit.
+    Resuming a folder with no checkpoint yet is a fresh run.
 
     Uncached, so the full path runs: slide reads, two views with shared flips and colour
     jitter, the teacher on the crops. The interrupted run reads with a worker process, the
@@ -174,6 +175,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path) -> None:
 
     assert len(losses(straight)) == 6
     assert losses(second) == losses(straight)
+    # --resume before any checkpoint exists (a job killed early, a requeue script) starts at 0
+    fresh = train(tiny_config(tmp_path / "fresh", **base), resume=True)
+    assert losses(fresh) == losses(straight) and fresh.metrics == straight.metrics
     assert second.metrics == straight.metrics
     for model in ("ema", "student"):
         a, b = getattr(straight, model).state_dict(), getattr(second, model).state_dict()

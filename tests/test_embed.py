@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import BOXES, CMU1, SLIDES
 
+from conftest import BOXES, CMU1, SLIDES
 from napari_xmag.cli import main
 from napari_xmag.embed import (
     EmbedCancelled,

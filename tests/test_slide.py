@@ -10,9 +10,9 @@ import warnings
 import numpy as np
 import openslide
 import pytest
-from conftest import BAD_FILES, BOXES, CMU1, GOOD_CASES, SLIDES, Case
 from PIL import Image
 
+from conftest import BAD_FILES, BOXES, CMU1, GOOD_CASES, SLIDES, Case
 from napari_xmag.slide import (
     MissingMppError,
     MissingMppWarning,
@@ -21,7 +21,6 @@ from napari_xmag.slide import (
     SlideReadError,
     _rgba_to_rgb,
     parse_mpp,
-    shared_tile_cache,
 )
 
 

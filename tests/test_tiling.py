@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BOXES, CMU1, SMALL
 
+from conftest import BOXES, CMU1, SMALL
 from napari_xmag.slide import MissingMppError, MissingMppWarning, Slide
 from napari_xmag.synthetic import mirrored_source, write_aperio_pyramid
 from napari_xmag.tiling import (

@@ -3,26 +3,44 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
-)
+from .slide_list import SLIDE_SUFFIXES
+
+#: Suffixes only slides have: such a file, empty or truncated, is claimed so that the user
+#: reads why it cannot open (a damaged .tif is left to other readers).
+SLIDE_ONLY_SUFFIXES = (".svs", ".ndpi", ".scn", ".svslide", ".bif")
 
 LayerData = list[tuple[Any, dict[str, Any], str]]
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] | None:
-    """Return :func:`read_slides` if OpenSlide recognises the file(s), else None. Never raises."""
+    """Return :func:`read_slides` if OpenSlide recognises the file(s), else None. Never raises.
+
+    A grayscale or multi-channel (fluorescence) TIFF, which OpenSlide would open as false RGB,
+    is left to other readers (napari's own reads it as it is). An empty or truncated file with a
+    suffix only slides have (``.svs``, ``.ndpi``, ...) is claimed, so that reading it says why
+    it cannot be opened instead of napari finding no reader.
+    """
     paths = [path] if isinstance(path, str) else list(path)
     if not paths:
         return None
     try:
         import openslide
 
+        from .slide import damage_reason, not_brightfield_reason
+
         for p in paths:
-            if Path(p).suffix.lower() not in SLIDE_SUFFIXES or openslide.OpenSlide.detect_format(p) is None:
+            suffix = Path(p).suffix.lower()
+            if suffix not in SLIDE_SUFFIXES:
+                return None
+            if openslide.OpenSlide.detect_format(p) is None:
+                if suffix in SLIDE_ONLY_SUFFIXES and Path(p).is_file() and damage_reason(p):
+                    continue
+                return None
+            if not_brightfield_reason(p) is not None:
                 return None
     except Exception:  # probing must never break napari's reader search
         return None

@@ -40,27 +40,30 @@ def build_parser() -> argparse.ArgumentParser:
         " model, and write OUT/<slide>.h5 (coords, features). Finished slides are skipped.",
     )
     embed.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
-    embed.add_argument("--model", default="xmag", help="registry name, local path or hf-hub:ORG/NAME (default: xmag)")
-    embed.add_argument("--weights", default="auto",
-                       help="auto (the model's own: hub or path), random (tests/benchmarks only), or a file")
-    embed.add_argument("--out", type=Path, required=True, help="output folder")
-    embed.add_argument("--mpp", default="2.0", help="target µm/px, or 5x / 20x (default: 2.0 = 5x)")
-    embed.add_argument("--patch-size", type=int, default=224)
-    embed.add_argument("--stride", type=int, default=None, help="default: the patch size (no overlap)")
-    embed.add_argument("--tissue-threshold", type=float, default=0.25,
-                       help="fraction of a patch that must be tissue (default: 0.25)")
-    embed.add_argument("--mpp-override", type=float, default=None, metavar="UM",
-                       help="level-0 µm/px for slides that do not record it")
-    embed.add_argument("--batch-size", type=int, default=32)
-    embed.add_argument("--workers", type=int, default=2, help="slide-reading threads")
-    embed.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    embed.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
-    embed.add_argument("--format", default="h5", choices=["h5", "zarr"])
-    embed.add_argument("--tokens", action="store_true", help="also keep patch-token grids (zarr)")
-    embed.add_argument("--overwrite", action="store_true",
-                       help="replace feature files made with other settings")
+    _add_embed_options(embed)
     embed.add_argument("--no-progress", action="store_true")
     embed.set_defaults(func=_cmd_embed)
+
+    batch = sub.add_parser(
+        "batch", help="embed many slides on a dask cluster (local or remote), with a run manifest",
+        description="Embed slides as `xmag embed` does, one dask task per slide: on a local cluster of"
+        " --local-workers processes, or on the cluster of --scheduler. OUT/manifest.json records every"
+        " slide (done / skipped / failed, reason, patches, times, worker, memory); a rerun skips what is"
+        " done and retries what failed. Exit code 1 when any slide failed.",
+    )
+    batch.add_argument("slides", nargs="+", type=Path, metavar="SLIDES",
+                       help="slide files, folders of slides, or .txt / .csv lists of slides")
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="a running dask scheduler, e.g. tcp://host:8786 (default: a local cluster)")
+    where.add_argument("--local-workers", type=int, default=None, metavar="N",
+                       help="worker processes of the local cluster (default: cores // 4, 1 to 4)")
+    batch.add_argument("--resources", action="append", default=None, metavar="NAME=N",
+                       help="what every task needs, e.g. GPU=1 (workers declare it: --resources GPU=1)")
+    batch.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                       help="torch threads per task (default: cores // workers on a local cluster)")
+    _add_embed_options(batch)
+    batch.set_defaults(func=_cmd_batch)
 
     compare = sub.add_parser(
         "compare", help="compare a 5x student with a 20x teacher on the same tissue",
@@ -199,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="DataLoader worker processes (default: 4)")
     distill.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS")
     distill.add_argument("--log-every", type=int, default=None, metavar="STEPS")
-    distill.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    distill.add_argument("--resume", action="store_true",
+                         help="continue from OUT/checkpoint.pt (from step 0 when there is none yet)")
     distill.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     distill.set_defaults(func=_cmd_distill)
 
@@ -246,6 +250,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_embed_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``embed`` and ``batch`` share (see :func:`_embed_settings`)."""
+    parser.add_argument("--model", default="xmag",
+                        help="registry name, local path or hf-hub:ORG/NAME (default: xmag)")
+    parser.add_argument("--weights", default="auto",
+                        help="auto (the model's own: hub or path), random (tests/benchmarks only), or a file")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--mpp", default="2.0", help="target µm/px, or 5x / 20x (default: 2.0 = 5x)")
+    parser.add_argument("--patch-size", type=int, default=224)
+    parser.add_argument("--stride", type=int, default=None, help="default: the patch size (no overlap)")
+    parser.add_argument("--tissue-threshold", type=float, default=0.25,
+                        help="fraction of a patch that must be tissue (default: 0.25)")
+    parser.add_argument("--mpp-override", type=float, default=None, metavar="UM",
+                        help="level-0 µm/px for slides that do not record it")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="slide-reading threads")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
+    parser.add_argument("--format", default="h5", choices=["h5", "zarr"])
+    parser.add_argument("--tokens", action="store_true", help="also keep patch-token grids (zarr)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace feature files made with other settings")
+
+
+def _embed_settings(args: argparse.Namespace) -> Any:
+    from .embed import EmbedSettings
+
+    return EmbedSettings(
+        mpp=args.mpp, patch_size=args.patch_size, stride=args.stride,
+        tissue_threshold=args.tissue_threshold, mpp_override=args.mpp_override,
+        batch_size=args.batch_size, workers=args.workers, device=args.device,
+        precision=args.precision, tokens=args.tokens,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .slide import SlideError
@@ -264,10 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the input's fault: one line, non-zero exit, no traceback."""
-    from .embed import EmbedCancelled
+    from .embed import EmbedCancelled, OutputError
     from .features import FeatureFileError
 
-    errors: list[type[BaseException]] = [EmbedCancelled, FeatureFileError, ValueError]
+    errors: list[type[BaseException]] = [EmbedCancelled, FeatureFileError, OutputError, ValueError]
     try:
         from .models import WeightsError
 
@@ -338,15 +377,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from .embed import EmbedSettings, embed_slide
+    from .embed import check_output_folder, embed_slide
     from .models import create_model
 
-    settings = EmbedSettings(
-        mpp=args.mpp, patch_size=args.patch_size, stride=args.stride,
-        tissue_threshold=args.tissue_threshold, mpp_override=args.mpp_override,
-        batch_size=args.batch_size, workers=args.workers, device=args.device,
-        precision=args.precision, tokens=args.tokens,
-    )
+    check_output_folder(args.out)  # before the model is built or any slide read
+
+    settings = _embed_settings(args)
     model = create_model(args.model, weights=args.weights)
     if model.weights.random:
         print("warning: RANDOM WEIGHTS: embeddings carry no meaning (recorded in every output)",
@@ -356,6 +392,34 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                              overwrite=args.overwrite, progress=not args.no_progress)
         print(result.summary())
     return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch
+
+    settings = _embed_settings(args)
+    if args.weights == "random":
+        print("warning: RANDOM WEIGHTS: embeddings carry no meaning (recorded in every output)",
+              file=sys.stderr)
+    done = [0]
+
+    def report(entry: dict[str, Any]) -> None:
+        done[0] += 1
+        if entry["status"] == "failed":
+            what = entry["reason"]
+        elif entry["status"] == "skipped" and not entry.get("seconds"):
+            what = f"{entry['patches']} patches, {entry['reason']}"
+        else:
+            what = f"{entry['patches']} patches in {entry['seconds']:.1f} s on {entry['worker']}"
+        print(f"[{done[0]}] {entry['status']:<7} {entry['name']}: {what}", flush=True)
+
+    result = run_batch(
+        args.slides, args.out, model=args.model, weights=args.weights, settings=settings, fmt=args.format,
+        overwrite=args.overwrite, scheduler=args.scheduler, local_workers=args.local_workers,
+        resources=args.resources, torch_threads=args.torch_threads, on_slide=report,
+    )
+    print(result.summary())
+    return 0 if result.ok else 1
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -35,6 +34,7 @@ from . import __version__
 from .embed import NoTissueError, embed_patches, iter_patch_batches
 from .features import FeatureFileError
 from .slide import MissingMppError, Slide, SlideError
+from .writers._atomic import atomic_path
 
 __all__ = [
     "ComparisonFileError",
@@ -528,7 +528,7 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
     if len(values) == 0:
         return {"scored": 0, "mean": None, "median": None, "min": None, "max": None}
     return {
-        "scored": int(len(values)),
+        "scored": len(values),
         "mean": float(values.mean()),
         "median": float(np.median(values)),
         "min": float(values.min()),
@@ -555,20 +555,12 @@ def write_comparison(result: ComparisonResult) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result.report, indent=2, allow_nan=False)
     (out / REPORT_NAME).unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{ARRAYS_NAME}.", suffix=".part", dir=out)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name in _ARRAYS:
-                f.create_dataset(name, data=getattr(result, name))
-            f.attrs["report"] = text  # the h5 file describes itself too
-        os.replace(tmp, out / ARRAYS_NAME)
-        fd, tmp = tempfile.mkstemp(prefix=f".{REPORT_NAME}.", suffix=".part", dir=out)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, out / REPORT_NAME)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(out / ARRAYS_NAME) as tmp, h5py.File(tmp, "w") as f:
+        for name in _ARRAYS:
+            f.create_dataset(name, data=getattr(result, name))
+        f.attrs["report"] = text  # the h5 file describes itself too
+    with atomic_path(out / REPORT_NAME) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
     return out
 
 

@@ -6,9 +6,14 @@ hides behind the forward pass; the forward runs under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import logging
+import math
 import os
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,13 +27,18 @@ import numpy as np
 from . import __version__
 from .features import FeatureSet, feature_path, read_features, settings_differ, write_features
 from .slide import Slide, SlideError, parse_mpp
+from .writers._atomic import remove_stale_parts
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "EmbedSettings",
     "EmbedCancelled",
+    "EmbedSettings",
+    "NoTissueError",
+    "OutputError",
     "SlideEmbedding",
+    "SlideTooSmallError",
+    "check_output_folder",
     "embed_patches",
     "embed_slide",
     "iter_patch_batches",
@@ -44,6 +54,20 @@ class EmbedCancelled(Exception):
 
 class NoTissueError(SlideError):
     """No patch of the slide holds enough tissue to embed."""
+
+
+class SlideTooSmallError(NoTissueError):
+    """The slide is so small against one patch that no patch can hold enough of it to embed."""
+
+
+class OutputError(OSError):
+    """The output cannot be written (not writable, read-only, no space left); says where and why.
+
+    ``OutputError(errno.ENOSPC, message)``: ``errno`` is kept, ``str()`` is the message alone.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @dataclass(frozen=True)
@@ -217,7 +241,9 @@ def embed_patches(
     return feats, (np.concatenate(grids) if grids else None) if tokens else None
 
 
-def _progress_bar(progress: bool | Callable[[int, int], None], total: int, description: str) -> Callable[[int | None], None]:
+def _progress_bar(
+    progress: bool | Callable[[int, int], None], total: int, description: str
+) -> Callable[[int | None], None]:
     """``update(done)``, and ``update(None)`` to close. A callable gets (done, total)."""
     if callable(progress):
         return lambda done: None if done is None else progress(done, total)
@@ -261,6 +287,8 @@ def embed_slide(
         log.warning("token grids are stored in zarr only; --format zarr keeps them")
     slide_path = Path(slide_path)
     output = feature_path(out_dir, slide_path, fmt)
+    check_output_folder(out_dir)  # before any work: a run must not end on an unwritable folder
+    remove_stale_parts(output)  # what a killed run left, even when the file is finished and skipped
     start = time.perf_counter()
     with Slide(slide_path, mpp=settings.mpp_override) as slide:
         if slide.mpp is None:
@@ -269,6 +297,7 @@ def embed_slide(
                 " cannot be cut; pass --mpp-override with the scan's level-0 µm/px"
             )
         slide.check_readable()
+        _check_patch_fits(slide, settings)
         run_attrs = run_attributes(slide, model, settings)
         if output.exists():
             existing = read_features(output)
@@ -297,6 +326,7 @@ def embed_slide(
                 f" {mask.tissue_fraction:.1%} of the slide); lower --tissue-threshold if it should"
             )
         coords_attrs = coords_attributes(slide, grid)
+    _check_space(output, len(grid), model, settings.tokens)
     batches = iter_patch_batches(
         slide_path, grid.coords, grid.mpp, grid.patch_size, settings.batch_size,
         settings.workers, settings.mpp_override,
@@ -307,8 +337,112 @@ def embed_slide(
     )
     seconds = time.perf_counter() - start
     run_attrs["seconds"] = round(seconds, 3)
-    write_features(output, FeatureSet(grid.coords, features, run_attrs, coords_attrs, tokens))
+    try:
+        write_features(output, FeatureSet(grid.coords, features, run_attrs, coords_attrs, tokens))
+    except (OSError, RuntimeError) as err:  # h5py reports a failed write as RuntimeError
+        clear = _output_error(output, err)
+        if clear is None:
+            raise
+        raise clear from err
     return SlideEmbedding(slide_path, output, len(grid), seconds)
+
+
+# ---- checks that fail early, with the cause ---------------------------------------------------
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_output_folder(out_dir: str | os.PathLike[str]) -> None:
+    """Raise :class:`OutputError` unless files can be written into ``out_dir`` (or it can be
+    created: its nearest existing ancestor is a writable folder). Writes nothing."""
+    out = Path(out_dir)
+    base = _existing_ancestor(out.absolute())
+    if not base.is_dir():
+        raise OutputError(errno.ENOTDIR, f"{out}: cannot write there: {base} is a file, not a folder")
+    if os.access(base, os.W_OK | os.X_OK):
+        return
+    where = "the output folder" if base == out.absolute() else f"its parent {base}"
+    try:
+        read_only = bool(os.statvfs(base).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only = False
+    code, cause = (errno.EROFS, "is on a read-only file system") if read_only else (
+        errno.EACCES, "is not writable (permission denied)")
+    raise OutputError(code, f"{out}: cannot write the output: {where} {cause}")
+
+
+def _check_patch_fits(slide: Slide, settings: EmbedSettings) -> None:
+    """Refuse a slide so small against one patch that no patch can be ``tissue_threshold``
+    slide (let alone tissue) as too small, rather than report it as having no tissue."""
+    size = settings.patch_size * settings.mpp / slide.mpp  # type: ignore[operator]
+    width, height = slide.dimensions
+    fits = min(1.0, width / size) * min(1.0, height / size)
+    if fits >= settings.tissue_threshold:
+        return
+    what = "smaller than one patch" if width < size and height < size else "narrower than one patch"
+    mpp = slide.mpp
+    raise SlideTooSmallError(
+        f"{slide.path}: the slide is {what}: {width} x {height} px"
+        f" ({width * mpp:.0f} x {height * mpp:.0f} µm)"
+        f" against a {settings.patch_size} px patch at {settings.mpp:g} µm/px"
+        f" ({settings.patch_size * settings.mpp:.0f} µm, {size:.0f} level-0 px), so at most"
+        f" {fits * 100:.2g}% of a patch can be tissue, below the {settings.tissue_threshold:.0%} tissue"
+        " threshold; use a finer --mpp (e.g. 20x) or a smaller --patch-size"
+    )
+
+
+def _check_space(output: Path, patches: int, model: Any, tokens: bool) -> None:
+    """Refuse before the forward pass when the arrays alone would not fit in the free space."""
+    dim = int(getattr(model, "embed_dim", 0) or 0)
+    per_patch = 16 + 4 * dim
+    if tokens:
+        grid = getattr(model, "grid", (0, 0)) or (0, 0)
+        per_patch += 4 * dim * int(grid[0]) * int(grid[1])
+    need = patches * per_patch
+    try:
+        free = shutil.disk_usage(_existing_ancestor(output.parent.absolute())).free
+    except OSError:
+        return
+    if free < need:
+        raise OutputError(
+            errno.ENOSPC,
+            f"{output}: not enough space left on the device for the features: about {_size(need)} needed,"
+            f" {_size(free)} free",
+        )
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    exp = min(3, int(math.log(n, 1024)))
+    return f"{n / 1024**exp:.1f} {('KiB', 'MiB', 'GiB')[exp - 1]}"
+
+
+def _output_error(output: Path, err: BaseException) -> OutputError | None:
+    """A clear :class:`OutputError` for a failed write (no space, permission, read-only), or
+    None for an error that is not about the output's file system."""
+    code = getattr(err, "errno", None)
+    if code is None:  # h5py: "... errno = 28, error message = 'No space left on device' ..."
+        found = re.search(r"errno = (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    if code is None:
+        if not isinstance(err, OSError):
+            return None
+        return OutputError(errno.EIO, f"{output}: cannot write the features file: {err}")
+    causes = {
+        errno.ENOSPC: "no space left on device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "read-only file system",
+    }
+    cause = causes.get(code) or os.strerror(code)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        with contextlib.suppress(OSError):
+            cause += f" ({_size(shutil.disk_usage(_existing_ancestor(output.parent)).free)} free)"
+    return OutputError(code, f"{output}: cannot write the features file: {cause}; nothing was written")
 
 
 _SETTING_KEYS = (
@@ -349,7 +483,7 @@ def coords_attributes(slide: Slide, grid: Any) -> dict[str, Any]:
     base_mag = slide.objective_power or (10.0 / slide.mpp if slide.mpp else None)
     return {
         "patch_size": grid.patch_size,
-        "patch_size_level0": int(round(grid.patch_size_level0)),
+        "patch_size_level0": round(grid.patch_size_level0),
         "patch_size_level0_exact": float(grid.patch_size_level0),
         "level0_magnification": base_mag,
         "target_magnification": 10.0 / grid.mpp,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FeatureSet", "FeatureFileError", "read_features", "write_features", "feature_path"]
+__all__ = ["FeatureFileError", "FeatureSet", "feature_path", "read_features", "write_features"]
 
 SUFFIX = {"h5": ".h5", "zarr": ".zarr"}
 
@@ -65,17 +63,11 @@ def write_features(path: str | os.PathLike[str], data: FeatureSet) -> Path:
     path = Path(path)
     if len(data.coords) != len(data.features):
         raise ValueError(f"{len(data.coords)} coords but {len(data.features)} feature rows")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .writers._atomic import atomic_path  # here: the writers package imports this module
+
     fmt = "zarr" if path.suffix == ".zarr" else "h5"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
-    try:
-        target = tmp / path.name
+    with atomic_path(path) as target:  # also removes what a killed earlier write of path left
         (_write_zarr if fmt == "zarr" else _write_h5)(target, data)
-        if fmt == "zarr" and path.exists():
-            shutil.rmtree(path)  # a directory cannot be renamed over; the old one is complete
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -105,8 +97,16 @@ def _write_zarr(path: Path, data: FeatureSet) -> None:
         root.create_array("tokens", data=np.asarray(data.tokens, np.float32))
 
 
+#: What h5py and zarr raise for a damaged or foreign file: all of it is "not a readable file".
+_READ_ERRORS = (OSError, KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError)
+
+
 def read_features(path: str | os.PathLike[str]) -> FeatureSet:
-    """Read an h5 or zarr features file written by us or by TRIDENT."""
+    """Read an h5 or zarr features file written by us or by TRIDENT.
+
+    Raises :class:`FeatureFileError` naming the file for anything that is not one: a damaged
+    file, missing or misshapen ``coords``/``features``, non-numeric or non-finite coordinates.
+    """
     path = Path(path)
     if not path.exists():
         raise FeatureFileError(f"{path}: no such features file")
@@ -116,24 +116,26 @@ def read_features(path: str | os.PathLike[str]) -> FeatureSet:
         return _read_h5(path)
     except FeatureFileError:
         raise
-    except (OSError, KeyError, ValueError) as err:
-        raise FeatureFileError(f"{path}: not a readable features file ({err})") from None
+    except _READ_ERRORS as err:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FeatureFileError(f"{path}: not a readable features file ({cause})") from None
 
 
 def _read_h5(path: Path) -> FeatureSet:
     import h5py
 
     with h5py.File(path, "r") as f:
-        for key in ("coords", "features"):
+        arrays = {}
+        for key in ("coords", "features", "tokens"):
             if key not in f:
+                if key == "tokens":
+                    continue
                 raise FeatureFileError(f"{path}: no '{key}' dataset (is it a features file?)")
-        attrs = _attrs(f["features"].attrs)
-        return FeatureSet(
-            coords=np.asarray(f["coords"][:], np.int64),
-            features=np.asarray(f["features"][:], np.float32),
-            attrs=attrs,
-            coords_attrs=_attrs(f["coords"].attrs),
-            tokens=np.asarray(f["tokens"][:]) if "tokens" in f else None,
+            if not isinstance(f[key], h5py.Dataset):
+                raise FeatureFileError(f"{path}: '{key}' is a {type(f[key]).__name__}, not a dataset")
+            arrays[key] = np.asarray(f[key][()])
+        return _feature_set(
+            path, arrays, _attrs(f["features"].attrs), _attrs(f["coords"].attrs)
         )
 
 
@@ -141,15 +143,44 @@ def _read_zarr(path: Path) -> FeatureSet:
     import zarr
 
     root = zarr.open_group(str(path), mode="r")
-    for key in ("coords", "features"):
+    arrays = {}
+    for key in ("coords", "features", "tokens"):
         if key not in root:
+            if key == "tokens":
+                continue
             raise FeatureFileError(f"{path}: no '{key}' array (is it a features store?)")
+        if not isinstance(root[key], zarr.Array):
+            raise FeatureFileError(f"{path}: '{key}' is a group, not an array")
+        arrays[key] = np.asarray(root[key][...])
+    return _feature_set(path, arrays, dict(root.attrs), dict(root["coords"].attrs))
+
+
+def _feature_set(
+    path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any], coords_attrs: dict[str, Any]
+) -> FeatureSet:
+    """Check the arrays' kinds and shapes before they become a FeatureSet."""
+    coords, features, tokens = arrays["coords"], arrays["features"], arrays.get("tokens")
+    for key, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise FeatureFileError(f"{path}: '{key}' holds {a.dtype} values, not numbers")
+    if coords.size == 0:
+        coords = coords.reshape(0, 2)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise FeatureFileError(f"{path}: 'coords' is {coords.shape}, not (N, 2) level-0 x, y")
+    if coords.dtype.kind == "f" and not (np.isfinite(coords).all() and (coords == np.round(coords)).all()):
+        raise FeatureFileError(f"{path}: 'coords' holds non-integer or non-finite values")
+    if features.ndim != 2 or len(features) != len(coords):
+        raise FeatureFileError(
+            f"{path}: 'features' is {features.shape}, not (N, D) with N = {len(coords)} coords"
+        )
+    if tokens is not None and (tokens.ndim < 2 or len(tokens) != len(coords)):
+        raise FeatureFileError(f"{path}: 'tokens' is {tokens.shape}, not one grid per patch ({len(coords)})")
     return FeatureSet(
-        coords=np.asarray(root["coords"][:], np.int64),
-        features=np.asarray(root["features"][:], np.float32),
-        attrs=dict(root.attrs),
-        coords_attrs=dict(root["coords"].attrs),
-        tokens=np.asarray(root["tokens"][:]) if "tokens" in root else None,
+        coords=coords.astype(np.int64),
+        features=features.astype(np.float32, copy=False),
+        attrs=attrs,
+        coords_attrs=coords_attrs,
+        tokens=tokens,
     )
 
 
@@ -157,7 +188,7 @@ def _attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in attrs.items():
         if isinstance(value, bytes):
-            value = value.decode()
+            value = value.decode(errors="replace")
         elif isinstance(value, np.ndarray):
             value = value.tolist()
         elif isinstance(value, np.generic):

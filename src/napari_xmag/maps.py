@@ -675,12 +675,12 @@ def save_probe(probe: Any, path: str | os.PathLike[str], classes: Sequence[str] 
     else:
         raise MapError(f"{type(clf).__name__} is not a linear probe; save it with joblib (.joblib)")
     names = [str(c) for c in (classes if classes is not None else clf.classes_)]
+    from .writers._atomic import atomic_path  # here: the writers package imports this module
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part.npz")
-    np.savez(tmp, format=PROBE_FORMAT, coef=coef, intercept=intercept, mean=mean, scale=scale,
-             classes=np.asarray(names))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:  # a file object: savez adds no .npz
+        np.savez(fh, format=PROBE_FORMAT, coef=coef, intercept=intercept, mean=mean, scale=scale,
+                 classes=np.asarray(names))
     return path
 
 

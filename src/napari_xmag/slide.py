@@ -7,14 +7,15 @@ what OpenSlide returns for that tile. Tiles are composited onto white where tran
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import math
 import os
 import threading
-import weakref
 import warnings
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import openslide
 from PIL import Image
 
 __all__ = [
+    "MAGNIFICATION_MPP",
+    "LevelArray",
     "MissingMppError",
     "MissingMppWarning",
     "Region",
@@ -33,8 +36,8 @@ __all__ = [
     "SlideError",
     "SlideOpenError",
     "SlideReadError",
-    "LevelArray",
-    "MAGNIFICATION_MPP",
+    "damage_reason",
+    "not_brightfield_reason",
     "parse_mpp",
     "shared_tile_cache",
 ]
@@ -108,10 +111,8 @@ def _slide_closed(slide: Slide) -> None:
 def _return_freed_memory() -> None:
     """Ask glibc to hand freed heap pages back to the OS: decoded tiles are many small
     buffers that it would otherwise keep for reuse after every slide is closed."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def parse_mpp(value: float | str) -> float:
@@ -156,6 +157,18 @@ def _float_property(props: Any, key: str) -> float | None:
     except (KeyError, ValueError, TypeError):
         return None
     return value if value > 0 and math.isfinite(value) else None
+
+
+def _readable_properties(props: Any) -> dict[str, str]:
+    """The properties as a dict, without those OpenSlide lists but cannot look up (a damaged,
+    non-UTF-8 key)."""
+    out = {}
+    for key in props:
+        try:
+            out[key] = props[key]
+        except KeyError:
+            continue
+    return out
 
 
 def _mpp_from_properties(props: Any) -> tuple[float | None, float | None, str | None]:
@@ -226,7 +239,7 @@ def _split_key(key: Any, shape: tuple[int, int, int]) -> tuple[tuple[int, int], 
     key = key + (slice(None),) * (3 - len(key))
     windows = []
     post: list[Any] = []
-    for k, n in zip(key[:2], shape[:2]):
+    for k, n in zip(key[:2], shape[:2], strict=False):
         if isinstance(k, (int, np.integer)):
             i = int(k) + n if k < 0 else int(k)
             if not 0 <= i < n:
@@ -264,17 +277,29 @@ class Slide:
         try:
             self._osr = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError:
+            damage = damage_reason(self.path)
             raise SlideOpenError(
-                f"{self.path}: not a slide format OpenSlide recognises"
-                " (unsupported format or not a slide file)"
+                f"{self.path}: {damage}" if damage else f"{self.path}: not a slide format OpenSlide"
+                " recognises (unsupported format or not a slide file)"
             ) from None
         except openslide.OpenSlideError as err:
-            raise SlideOpenError(f"{self.path}: OpenSlide cannot open it: {err}") from None
+            damage = damage_reason(self.path)
+            raise SlideOpenError(
+                f"{self.path}: {damage}; OpenSlide says: {err}" if damage
+                else f"{self.path}: OpenSlide cannot open it: {err}"
+            ) from None
         except OSError as err:
             raise SlideOpenError(f"{self.path}: cannot be read: {err.strerror or err}") from None
+        not_rgb = not_brightfield_reason(self.path, self._osr.dimensions)
+        if not_rgb:
+            self._osr.close()
+            raise SlideOpenError(
+                f"{self.path}: not an RGB brightfield slide: {not_rgb}. napari-xmag reads 8-bit RGB"
+                " brightfield slides (H&E, IHC); open fluorescence or grayscale images with another reader"
+            )
         self._osr.set_cache(shared_tile_cache())
         props = self._osr.properties
-        self.properties: dict[str, str] = dict(props)
+        self.properties: dict[str, str] = _readable_properties(props)
         self.vendor: str | None = props.get(openslide.PROPERTY_NAME_VENDOR)
         self.objective_power = _float_property(props, openslide.PROPERTY_NAME_OBJECTIVE_POWER)
         self.levels: tuple[LevelInfo, ...] = tuple(
@@ -383,7 +408,7 @@ class Slide:
         }
         if self.mpp is not None:
             out["magnifications"] = {
-                name: dict(zip(("level", "factor"), self.best_level_for_mpp(m)), mpp=m)
+                name: dict(zip(("level", "factor"), self.best_level_for_mpp(m), strict=True), mpp=m)
                 for name, m in (("20x", 0.5), ("5x", 2.0))
             }
         return out
@@ -548,7 +573,8 @@ class Slide:
             eff = (self.mpp_x * ds * sx, self.mpp_y * ds * sy)  # type: ignore[operator]
         else:
             eff = (float("nan"), float("nan"))
-        return Region(image=pixels, mpp=eff, level=level, scale=(sx, sy), origin=(round(lx * ds), round(ly * ds)))
+        origin = (round(lx * ds), round(ly * ds))
+        return Region(image=pixels, mpp=eff, level=level, scale=(sx, sy), origin=origin)
 
     def _read_padded(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Level pixels that may fall partly outside the level; outside is white."""
@@ -604,9 +630,121 @@ class Slide:
         return f"Slide({str(self.path)!r}, levels={self.level_count}, mpp={self.mpp})"
 
 
+# ---- what is wrong with a file OpenSlide refuses, or reads without complaint ----------------
+# first four bytes -> (byte order, BigTIFF)
+_TIFF_MAGIC = {
+    b"II*\x00": ("<", False), b"MM\x00*": (">", False), b"II+\x00": ("<", True), b"MM\x00+": (">", True),
+}
+_MAX_IFDS = 4096
+
+
+def damage_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why a file OpenSlide refused is not a slide, when the bytes tell: empty, or a truncated TIFF."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "the file is empty (0 bytes)"
+        with path.open("rb") as fh:
+            return _tiff_truncation(fh, size)
+    except OSError:
+        return None
+
+
+def _tiff_truncation(fh: Any, size: int) -> str | None:
+    """A message when a TIFF's chain of image directories runs past the end of the file."""
+    import struct
+
+    head = fh.read(16)
+    if head[:4] not in _TIFF_MAGIC:
+        return None
+    order, big = _TIFF_MAGIC[head[:4]]
+    count_fmt, entry, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+    off_size = struct.calcsize(off_fmt)
+    cut = f"the file is truncated ({size} bytes): its TIFF image directory at byte {{}} lies past its end"
+    if len(head) < (16 if big else 8):
+        return f"the file is truncated ({size} bytes): it ends inside the TIFF header"
+    offset = struct.unpack(order + off_fmt, head[8:16] if big else head[4:8])[0]
+    seen: set[int] = set()
+    while offset and offset not in seen and len(seen) < _MAX_IFDS:
+        seen.add(offset)
+        count_size = struct.calcsize(count_fmt)
+        if offset + count_size > size:
+            return cut.format(offset)
+        fh.seek(offset)
+        (count,) = struct.unpack(order + count_fmt, fh.read(count_size))
+        end = offset + count_size + count * entry + off_size
+        if end > size:
+            return cut.format(offset)
+        fh.seek(end - off_size)
+        (offset,) = struct.unpack(order + off_fmt, fh.read(off_size))
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _tiff_samples(
+    path: str, size: int, mtime_ns: int, dimensions: tuple[int, int] | None
+) -> tuple[int, int, str, str, int, int] | None:
+    """(samples, bits, photometric, sample format, width, height) of the TIFF image of
+    ``dimensions`` (the first such among the first 64), or of the first image when None."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for i, page in enumerate(tif.pages):
+                if i >= 64:
+                    break
+                size_ = (int(getattr(page, "imagewidth", -1)), int(getattr(page, "imagelength", -1)))
+                if dimensions is None or size_ == dimensions:
+                    return (
+                        int(page.samplesperpixel), int(page.bitspersample),
+                        tifffile.PHOTOMETRIC(int(page.photometric)).name,
+                        tifffile.SAMPLEFORMAT(int(page.sampleformat)).name, *size_,
+                    )
+    except Exception:  # not a TIFF tifffile reads: nothing to say
+        return None
+    return None
+
+
+def not_brightfield_reason(
+    path: str | os.PathLike[str], dimensions: tuple[int, int] | None = None
+) -> str | None:
+    """Why a TIFF-based slide is not 8-bit RGB (grayscale, multi-channel fluorescence, 16-bit),
+    or None when it is RGB or its format is not TIFF-based.
+
+    OpenSlide converts any TIFF to RGBA without a word: a 16-bit grayscale or a 5-channel
+    fluorescence image opens as grey or false-colour pixels, which a brightfield model would
+    embed as if they were stained tissue. ``dimensions``: level 0 (width, height); the image
+    of that size is examined, else the file's first image (a cheap probe).
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            if fh.read(4) not in _TIFF_MAGIC:
+                return None
+        stat = path.stat()
+    except OSError:
+        return None
+    dims = None if dimensions is None else (int(dimensions[0]), int(dimensions[1]))
+    found = _tiff_samples(str(path), stat.st_size, stat.st_mtime_ns, dims)
+    if found is None:  # no image of level 0's size: not one whose samples can be judged
+        return None
+    samples, bits, photometric, sample_format, width, height = found
+    colour = photometric in ("RGB", "YCBCR") and samples in (3, 4)
+    if (colour or photometric == "PALETTE") and bits == 8 and sample_format == "UINT":
+        return None
+    names = {"MINISBLACK": "grayscale", "MINISWHITE": "grayscale", "YCBCR": "RGB"}
+    kind = names.get(photometric, photometric)
+    if samples > 1 and kind == "grayscale":
+        kind = "multi-channel"
+    fmt = {"UINT": "", "INT": " signed", "IEEEFP": " float"}.get(sample_format, f" {sample_format.lower()}")
+    channels = f"{samples} channel{'s' if samples != 1 else ''} of {bits}-bit{fmt} samples"
+    return f"its {width} x {height} px image is {kind} ({channels})"
+
+
 def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """Composite OpenSlide's (non-premultiplied) RGBA onto white."""
-    out = np.empty(rgba.shape[:2] + (3,), np.uint8)
+    out = np.empty((*rgba.shape[:2], 3), np.uint8)
     _composite_into(out, rgba)
     return out
 

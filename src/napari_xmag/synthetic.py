@@ -7,7 +7,6 @@ everything is read back through OpenSlide exactly as a scanner's file would be.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -38,36 +37,31 @@ def write_aperio_pyramid(
     """
     import tifffile
 
+    from .writers._atomic import atomic_path
+
     path = Path(path)
     fields = [f"AppMag = {app_mag:g}" if app_mag else None, f"MPP = {mpp:g}" if mpp else None]
     extra = "".join(f"|{f}" for f in fields if f)
     head = "Aperio Image Library v12.0.15 \r\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2**31) as tif:
-            for i, ds in enumerate(downsamples):
-                w, h = width // ds, height // ds
-                if i == 0:
-                    desc = f"{head}{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q={quality}{extra}"
-                else:
-                    desc = f"{head}{width}x{height} -> {w}x{h} - ({tile}x{tile}) JPEG/RGB Q={quality}{extra}"
-                tif.write(
-                    _tiles(source, ds, w, h, tile),
-                    shape=(h, w, 3),
-                    dtype=np.uint8,
-                    tile=(tile, tile),
-                    compression="jpeg",
-                    compressionargs={"level": quality},
-                    photometric="rgb",
-                    description=desc,
-                    metadata=None,
-                )
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a slide is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2**31) as tif:
+        for i, ds in enumerate(downsamples):
+            w, h = width // ds, height // ds
+            if i == 0:
+                desc = (f"{head}{width}x{height} [0,0 {width}x{height}] ({tile}x{tile})"
+                        f" JPEG/RGB Q={quality}{extra}")
+            else:
+                desc = f"{head}{width}x{height} -> {w}x{h} - ({tile}x{tile}) JPEG/RGB Q={quality}{extra}"
+            tif.write(
+                _tiles(source, ds, w, h, tile),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                compression="jpeg",
+                compressionargs={"level": quality},
+                photometric="rgb",
+                description=desc,
+                metadata=None,
+            )
     return path
 
 

@@ -392,7 +392,7 @@ def _check_mask_matches(mask: TissueMask, slide: Slide) -> None:
         )
     width, height = slide.dimensions
     shape = (math.ceil(height / mask.downsample), math.ceil(width / mask.downsample))
-    if any(abs(a - b) > 1 for a, b in zip(mask.shape, shape)):
+    if any(abs(a - b) > 1 for a, b in zip(mask.shape, shape, strict=False)):
         raise ValueError(f"{slide.path}: the tissue mask is {mask.shape} px, this slide needs {shape}")
 
 

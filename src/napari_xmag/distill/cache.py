@@ -29,8 +29,6 @@ every epoch after that is student-only (benchmarks/bench_distill.py measures it)
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..writers._atomic import atomic_path
 from .augment import FLIP_VARIANTS, View
 from .pairs import PairDataset, PairIndex
 from .teacher import embed_crops, model_identity
@@ -171,53 +170,48 @@ def build_teacher_cache(
     size = index.settings.patch_size
     dim = int(teacher.embed_dim)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     bar = _bar(progress, n, f"teacher cache ({len(variants)} variant{'s' * (len(variants) > 1)})")
     try:
-        group = zarr.open_group(str(tmp), mode="w")
-        shard = min(_SHARD, max(1, n))
-        student_array = group.create_array(
-            "student", shape=(n, size, size, 3), dtype="uint8",
-            chunks=(1, size, size, 3), shards=(shard, size, size, 3),
-        )
-        teacher_array = group.create_array(
-            "teacher", shape=(n, len(variants), crops, dim), dtype="float16",
-            chunks=(1, len(variants), crops, dim), shards=(shard, len(variants), crops, dim),
-        )
-        pending_s = np.zeros((0, size, size, 3), np.uint8)
-        pending_t = np.zeros((0, len(variants), crops, dim), np.float16)
-        written = 0
-        for batch in loader:
-            crops_uint8 = batch["teacher"].to(teacher.device)  # (B, V, n*n, C, C, 3)
-            cls = embed_crops(teacher, crops_uint8, chunk=teacher_chunk, amp_dtype=amp_dtype)
-            pending_t = np.concatenate([pending_t, cls.cpu().numpy().astype(np.float16)])
-            pending_s = np.concatenate([pending_s, batch["student"][:, 0].numpy()])  # view 0: identity
-            # Write whole shards only: a partial shard is rewritten on every write into it.
-            ready = len(pending_s) if written + len(pending_s) == n else len(pending_s) // shard * shard
-            if ready:
-                student_array[written : written + ready] = pending_s[:ready]
-                teacher_array[written : written + ready] = pending_t[:ready]
-                pending_s, pending_t = pending_s[ready:], pending_t[ready:]
-                written += ready
-            bar(written + len(pending_s))
-        group.attrs.update({
-            "format": CACHE_FORMAT,
-            "format_version": CACHE_VERSION,
-            "pairs": n,
-            "index_fingerprint": index.fingerprint(),
-            "teacher": model_identity(teacher),
-            "variants": [FLIP_VARIANTS[v.variant] for v in variants],
-            "student_size": size,
-            "crop_size": index.settings.crop_size,
-            "five_x_source": index.settings.five_x_source,
-            "dtype": "float16",
-            "jitter": "none: cached targets are un-jittered; cached runs train without colour jitter",
-        })
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_path(path) as tmp:  # also removes what a killed build left
+            group = zarr.open_group(str(tmp), mode="w")
+            shard = min(_SHARD, max(1, n))
+            student_array = group.create_array(
+                "student", shape=(n, size, size, 3), dtype="uint8",
+                chunks=(1, size, size, 3), shards=(shard, size, size, 3),
+            )
+            teacher_array = group.create_array(
+                "teacher", shape=(n, len(variants), crops, dim), dtype="float16",
+                chunks=(1, len(variants), crops, dim), shards=(shard, len(variants), crops, dim),
+            )
+            pending_s = np.zeros((0, size, size, 3), np.uint8)
+            pending_t = np.zeros((0, len(variants), crops, dim), np.float16)
+            written = 0
+            for batch in loader:
+                crops_uint8 = batch["teacher"].to(teacher.device)  # (B, V, n*n, C, C, 3)
+                cls = embed_crops(teacher, crops_uint8, chunk=teacher_chunk, amp_dtype=amp_dtype)
+                pending_t = np.concatenate([pending_t, cls.cpu().numpy().astype(np.float16)])
+                pending_s = np.concatenate([pending_s, batch["student"][:, 0].numpy()])  # view 0: identity
+                # Write whole shards only: a partial shard is rewritten on every write into it.
+                ready = len(pending_s) if written + len(pending_s) == n else len(pending_s) // shard * shard
+                if ready:
+                    student_array[written : written + ready] = pending_s[:ready]
+                    teacher_array[written : written + ready] = pending_t[:ready]
+                    pending_s, pending_t = pending_s[ready:], pending_t[ready:]
+                    written += ready
+                bar(written + len(pending_s))
+            group.attrs.update({
+                "format": CACHE_FORMAT,
+                "format_version": CACHE_VERSION,
+                "pairs": n,
+                "index_fingerprint": index.fingerprint(),
+                "teacher": model_identity(teacher),
+                "variants": [FLIP_VARIANTS[v.variant] for v in variants],
+                "student_size": size,
+                "crop_size": index.settings.crop_size,
+                "five_x_source": index.settings.five_x_source,
+                "dtype": "float16",
+                "jitter": "none: cached targets are un-jittered; cached runs train without colour jitter",
+            })
     finally:
         bar(None)
         dataset.close()

@@ -4,7 +4,8 @@ A checkpoint holds the student (backbone and heads), its EMA, the optimiser, the
 rate schedule, the AMP grad scaler, the random states of python, numpy and torch (CPU and
 CUDA), the step and epoch (which fix the data order: see :mod:`~napari_xmag.distill.order`)
 and the run's configuration. It is written to a temporary sibling and renamed into place,
-so a crash while saving leaves the previous checkpoint intact.
+so a crash while saving leaves the previous checkpoint intact (and the next save removes the
+half-written temporary).
 
 Only tensors and plain containers are stored (numpy's state is converted to lists), so a
 checkpoint loads with ``torch.load(weights_only=True)``: loading one never runs code.
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..writers._atomic import atomic_path
 
 __all__ = ["CHECKPOINT_NAME", "get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
 
@@ -61,17 +63,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary sibling, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with tmp.open("wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     return path
 
 

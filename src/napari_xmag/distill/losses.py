@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DistillLoss", "block_tokens", "distillation_loss", "GLOBAL_WEIGHT", "LOCAL_WEIGHT"]
+__all__ = ["GLOBAL_WEIGHT", "LOCAL_WEIGHT", "DistillLoss", "block_tokens", "distillation_loss"]
 
 GLOBAL_WEIGHT = 1.0
 LOCAL_WEIGHT = 0.5

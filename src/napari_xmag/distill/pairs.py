@@ -12,7 +12,6 @@ lazily, on first use.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..slide import MissingMppError, Slide, parse_mpp
+from ..slide_list import SlideEntry, SlideListError, find_slides
 from ..tiling import PairGeometry, pair_geometry, patch_grid, tissue_mask
 from .augment import View, apply_view, draw_views, grey_level, view_rng
 
@@ -43,96 +43,29 @@ __all__ = [
 #: How the student's 5x image is made: read from the slide at the student mpp, or the
 #: teacher's region downsampled (PIL Lanczos), as the paper's code does.
 FIVE_X_SOURCES = ("read", "downsample")
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
 # Open slides kept per worker; more slides than this are reopened as needed.
 _MAX_OPEN_SLIDES = 16
 
 
-class SlideListError(ValueError):
-    """The list of training slides cannot be used; the message names the file and the cause."""
-
-
-# ---- the slides ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SlideEntry:
-    """One training slide and, for files that record none, its level-0 µm/px."""
-
-    path: Path
-    mpp_override: float | None = None
-
-
 def read_slide_list(source: str | os.PathLike[str] | Sequence[Any]) -> list[SlideEntry]:
-    """Training slides from a folder, a CSV, or a list of paths, :class:`SlideEntry` or
-    ``{"slide": path, "mpp_override": um}`` dicts.
-
-    A folder gives its slide files (by suffix), sorted. A CSV has a ``slide`` column (paths,
-    relative to the CSV's folder) and optionally ``mpp_override`` (empty: read from the file).
-    """
+    """Training slides from a folder, a ``.csv``/``.txt`` list, or a list of paths,
+    :class:`SlideEntry` or ``{"slide": path, "mpp_override": um}`` dicts (see
+    :func:`napari_xmag.slide_list.find_slides`)."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        if path.is_dir() and path.suffix.lower() != ".mrxs":
-            entries = [SlideEntry(p) for p in sorted(path.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES]
-            if not entries:
-                raise SlideListError(
-                    f"{path}: no slide files in this folder (looked for {', '.join(SLIDE_SUFFIXES)})"
-                )
-            return entries
-        if path.suffix.lower() == ".csv":
-            return _read_csv(path)
-        if not path.exists():
-            raise SlideListError(f"{path}: no such file or folder")
-        return [SlideEntry(path)]
+        return find_slides(source)
     entries = [_entry(s) for s in source]
     if not entries:
         raise SlideListError("no training slides given")
-    for entry in entries:
-        if not entry.path.exists():
-            raise SlideListError(f"{entry.path}: no such slide file")
-    return entries
+    return find_slides(entries)
 
 
-def _entry(item: Any) -> SlideEntry:
-    if isinstance(item, SlideEntry):
-        return item
+def _entry(item: Any) -> SlideEntry | Path:
     if isinstance(item, dict):
         if "slide" not in item:
             raise SlideListError(f"a slide given as a mapping needs a 'slide' key: {item!r}")
         override = item.get("mpp_override")
         return SlideEntry(Path(item["slide"]).expanduser(), None if override is None else parse_mpp(override))
-    return SlideEntry(Path(item).expanduser())
-
-
-def _read_csv(path: Path) -> list[SlideEntry]:
-    if not path.is_file():
-        raise SlideListError(f"{path}: no such CSV file")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if "slide" not in columns:
-            raise SlideListError(
-                f"{path}: the CSV needs a 'slide' column (and optionally 'mpp_override');"
-                f" its columns are {columns or 'none'}"
-            )
-        entries = []
-        for row_number, raw in enumerate(reader, start=2):  # line 1 is the header
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-            if not row["slide"]:
-                raise SlideListError(f"{path}, line {row_number}: empty 'slide' value")
-            slide = Path(row["slide"]).expanduser()
-            slide = slide if slide.is_absolute() else path.parent / slide
-            if not slide.exists():
-                raise SlideListError(f"{path}, line {row_number}: {slide}: no such slide file")
-            mpp = row.get("mpp_override", "")
-            try:
-                override = parse_mpp(mpp) if mpp else None
-            except ValueError:
-                raise SlideListError(
-                    f"{path}, line {row_number}: mpp_override {mpp!r} is not a positive µm/px"
-                ) from None
-            entries.append(SlideEntry(slide, override))
-    if not entries:
-        raise SlideListError(f"{path}: the CSV lists no slides")
-    return entries
+    return item
 
 
 # ---- the pairs ----------------------------------------------------------------------------

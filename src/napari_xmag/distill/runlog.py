@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..writers._atomic import atomic_path
+
 __all__ = ["LOG_COLUMNS", "RunLog", "read_log"]
 
 LOG_COLUMNS = (
@@ -38,9 +40,8 @@ class RunLog:
             self._rows.writeheader()
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step drops events written after the checkpoint by an interrupted run.
-        purge = start_step + 1 if start_step else None
-        self._writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
+        # purge_step drops events written after the checkpoint (or before any) by a killed run.
+        self._writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
         if progress:
             from tqdm.auto import tqdm
 
@@ -78,17 +79,18 @@ class RunLog:
 
 
 def _truncate_csv(path: Path, last_step: int) -> None:
-    """Keep the header and the rows up to ``last_step`` (all rows are dropped for a fresh run)."""
+    """Keep the header and the rows up to ``last_step`` (all rows are dropped for a fresh run).
+
+    A row cut short by a killed run (fields missing) goes too, whatever its step reads.
+    """
     if not path.exists():
         return
     rows = read_log(path)
-    keep = [r for r in rows if int(r["step"]) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    keep = [r for r in rows if None not in r.values() and r["step"].isdigit() and int(r["step"]) <= last_step]
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(keep)
-    os.replace(tmp, path)
 
 
 def read_log(path: str | os.PathLike[str]) -> list[dict[str, str]]:

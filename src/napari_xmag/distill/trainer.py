@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..models import create_model, head_dims, resolve_device, save_model
+from ..writers._atomic import atomic_path
 from .cache import TeacherCache, build_teacher_cache
 from .checkpoint import CHECKPOINT_NAME, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -406,6 +406,10 @@ def _resume_state(config: TrainConfig, resume: Resume) -> dict[str, Any] | None:
                 " choose another output folder"
             )
         return None
+    if resume is True and not existing.exists():
+        # a job killed before its first checkpoint, or a requeue script that always resumes
+        log.info("%s: no checkpoint yet; starting from step 0", config.out_dir)
+        return None
     path = existing if resume is True else Path(resume)
     if not path.is_file():
         raise TrainError(f"{path}: no checkpoint to resume from")
@@ -455,9 +459,12 @@ def _prepare_cache(config: TrainConfig, index: PairIndex, teacher: Any, dist: _D
 
 
 def _export(ema: Any, teacher: Any, config: TrainConfig, out: Path, steps: int, metrics: dict | None) -> Path:
-    """The EMA student with both heads, as a model folder, plus how it was made."""
-    folder = save_model(ema, out / EXPORT_NAME, overwrite=True)
-    _write_json(folder / "distillation.json", {
+    """The EMA student with both heads, as a model folder, plus how it was made.
+
+    The folder appears whole, ``distillation.json`` included; a run killed while exporting left
+    its checkpoint at the last step, so ``--resume`` exports again and nothing more.
+    """
+    how = {
         "method": "XMAG cross-magnification distillation (arXiv 2509.23097)",
         "teacher": model_identity(teacher),
         "teacher_licence": teacher.spec.licence,
@@ -468,14 +475,17 @@ def _export(ema: Any, teacher: Any, config: TrainConfig, out: Path, steps: int, 
         "steps": steps,
         "config": config.to_dict(),
         "heldout": metrics,
-    })
+    }
+    folder = out / EXPORT_NAME
+    with atomic_path(folder) as tmp:
+        save_model(ema, tmp)
+        _write_json(tmp / "distillation.json", how)
     return folder
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def _read_json(path: Path) -> Any:

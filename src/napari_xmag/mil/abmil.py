@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..writers._atomic import atomic_path
+
 __all__ = [
     "ABMIL",
     "ABMILSettings",
@@ -189,12 +191,11 @@ def save_abmil(model: ABMIL, path: str | os.PathLike[str], classes: Sequence[str
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
     metadata = {"format": "napari-xmag-abmil", "config": json.dumps(model.config),
                 "classes": json.dumps(list(classes or []))}
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata)
-    os.replace(tmp, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata)
     return path
 
 

@@ -24,13 +24,14 @@ heatmap use :meth:`AttentionMap.percentiles` (CLAM's choice) or the logits.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..writers._atomic import atomic_path
 
 __all__ = [
     "ATTENTION_FORMAT",
@@ -97,28 +98,20 @@ def write_attention(path: str | os.PathLike[str], data: AttentionMap) -> Path:
     n = len(data.coords)
     if data.attention.shape != (n,) or data.logits.shape != (n,):
         raise ValueError(f"{n} coords but attention {data.attention.shape}, logits {data.logits.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            coords = f.create_dataset("coords", data=np.asarray(data.coords, np.int64).reshape(-1, 2))
-            f.create_dataset("attention", data=np.asarray(data.attention, np.float32))
-            f.create_dataset("attention_logits", data=np.asarray(data.logits, np.float32))
-            for key, value in data.coords_attrs.items():
-                coords.attrs[key] = _plain(value)
-            attrs = {
-                **data.attrs,
-                "format": ATTENTION_FORMAT,
-                "format_version": ATTENTION_VERSION,
-                "xmag_version": __version__,
-            }
-            for key, value in attrs.items():
-                f.attrs[key] = _plain(value)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        coords = f.create_dataset("coords", data=np.asarray(data.coords, np.int64).reshape(-1, 2))
+        f.create_dataset("attention", data=np.asarray(data.attention, np.float32))
+        f.create_dataset("attention_logits", data=np.asarray(data.logits, np.float32))
+        for key, value in data.coords_attrs.items():
+            coords.attrs[key] = _plain(value)
+        attrs = {
+            **data.attrs,
+            "format": ATTENTION_FORMAT,
+            "format_version": ATTENTION_VERSION,
+            "xmag_version": __version__,
+        }
+        for key, value in attrs.items():
+            f.attrs[key] = _plain(value)
     return path
 
 

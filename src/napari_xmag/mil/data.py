@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 
 from .._json import json_safe
 from ..features import FeatureFileError, FeatureSet, read_features
+from ..slide_list import SLIDE_SUFFIXES
+from ..writers._atomic import atomic_path
 
 __all__ = [
     "LabelTable",
@@ -38,10 +39,7 @@ __all__ = [
 
 # Suffixes stripped from a slide name to get the stem its features file is named after. Only
 # these: TCGA names hold dots ("...-DX1.0C4B9D3C-..."), so Path.stem would cut a bare name short.
-SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
-    ".dcm", ".h5", ".zarr",
-)
+_STEM_SUFFIXES = (*SLIDE_SUFFIXES, ".h5", ".zarr")
 _SLIDE_COLUMNS = ("slide", "slide_id")
 
 
@@ -52,7 +50,7 @@ class MILError(ValueError):
 def slide_stem(name: str) -> str:
     """``"dir/TCGA-X.svs"`` -> ``"TCGA-X"``; a bare name is kept whole."""
     base = Path(name.strip()).name
-    for suffix in SLIDE_SUFFIXES:
+    for suffix in _STEM_SUFFIXES:
         if base.lower().endswith(suffix):
             return base[: -len(suffix)]
     return base
@@ -231,14 +229,7 @@ def stratified_folds(
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Write JSON atomically (temporary sibling, then rename); NaN is written as null."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(json_safe(data), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        json.dump(json_safe(data), f, indent=2, allow_nan=False)
+        f.write("\n")
     return path

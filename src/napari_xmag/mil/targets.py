@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
+from ..writers._atomic import atomic_path
 from .data import MILError
 
 if TYPE_CHECKING:
@@ -61,24 +61,16 @@ def _write_targets(
 ) -> Path:
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("coords", data=bag.coords)
-            f.create_dataset("crop_coords", data=bag.crops)
-            f.create_dataset("teacher_cls", data=cls.astype(np.float16))
-            f.attrs.update({
-                "format": TARGETS_FORMAT, "teacher": teacher.spec.name,
-                "weights_source": teacher.weights.source, "weights_sha256": teacher.weights.sha256 or "",
-                "teacher_mpp": settings.teacher_mpp, "crop_size": bag.crop_size, "slide": str(bag.path),
-                "student_mpp": settings.mpp, "patch_size": settings.patch_size, "xmag_version": __version__,
-            })
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("coords", data=bag.coords)
+        f.create_dataset("crop_coords", data=bag.crops)
+        f.create_dataset("teacher_cls", data=cls.astype(np.float16))
+        f.attrs.update({
+            "format": TARGETS_FORMAT, "teacher": teacher.spec.name,
+            "weights_source": teacher.weights.source, "weights_sha256": teacher.weights.sha256 or "",
+            "teacher_mpp": settings.teacher_mpp, "crop_size": bag.crop_size, "slide": str(bag.path),
+            "student_mpp": settings.mpp, "patch_size": settings.patch_size, "xmag_version": __version__,
+        })
     return path
 
 

@@ -18,8 +18,6 @@ import importlib
 import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..writers._atomic import atomic_path
 from . import zoo as _zoo  # noqa: F401  (registers the entries)
 from .heads import build_heads
 from .model import XmagModel
@@ -209,10 +208,8 @@ def save_model(model: XmagModel, folder: str | os.PathLike[str], *, overwrite: b
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} exists; pass overwrite=True to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_path(folder) as tmp:  # an existing folder is replaced whole, never half
+        tmp.mkdir()
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
         if model.heads is not None:
             tensors.update(
@@ -240,16 +237,6 @@ def save_model(model: XmagModel, folder: str | os.PathLike[str], *, overwrite: b
             "napari_xmag_version": __version__,
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -147,12 +147,25 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"refused to read {path}: it holds Python objects that torch.load(weights_only=True) "
-            f"does not allow ({_first_line(exc)}). Such a pickle could run code when loaded, so it is "
+            f"does not allow ({_unpickling_reason(exc)}). Such a pickle could run code when loaded, so it is "
             "never fully unpickled. If you trust the file, re-save just its tensors on a machine where "
             "running it is acceptable, e.g. safetensors.torch.save_file(state_dict, 'model.safetensors')."
         ) from exc
     except Exception as exc:
         raise WeightsError(f"cannot read {path} as a PyTorch checkpoint: {_first_line(exc)}") from exc
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load with
+    ``weights_only=False`` (which would run the code)."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        boilerplate = ("Weights only load failed", "Check the documentation", "Please file")
+        if line and not line.startswith(boilerplate):
+            return line.rstrip(".")
+    return "objects other than tensors and plain containers"
 
 
 def _first_line(exc: BaseException) -> str:

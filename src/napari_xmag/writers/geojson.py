@@ -16,6 +16,7 @@ slide in napari.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -185,7 +186,36 @@ def is_map_geojson(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def _positive(value: Any) -> float | None:
+    """A positive finite number, or None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def _color(value: Any) -> list[int]:
+    """An RGB triple in 0..255 from a QuPath colour (a list of numbers); yellow otherwise."""
+    if isinstance(value, list) and len(value) >= 3 and all(_number(c) for c in value[:3]):
+        return [min(255, max(0, int(c))) for c in value[:3]]
+    return [255, 255, 0]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_geojson(path: str | os.PathLike[str]) -> Annotations:
+    """The polygons of a GeoJSON written by :func:`write_geojson`.
+
+    Raises :class:`~napari_xmag.features.FeatureFileError` naming the file for anything else:
+    not JSON, no ``xmag`` member with a positive slide µm/px, a feature that is not a
+    (Multi)Polygon. Optional members that are malformed (a colour, a label) get defaults.
+    """
+    from shapely.errors import ShapelyError
     from shapely.geometry import shape
 
     from ..features import FeatureFileError
@@ -195,17 +225,36 @@ def read_geojson(path: str | os.PathLike[str]) -> Annotations:
         raise FeatureFileError(f"{p}: not a napari-xmag GeoJSON (no xmag member with the slide µm/px)")
     try:
         data = _load(p)
+        info = dict(data["xmag"])
+        info["slide_mpp"] = mpp = _positive(info.get("slide_mpp"))
+        if mpp is None:
+            mpp = data["xmag"]["slide_mpp"]
+            raise FeatureFileError(f"{p}: the slide µm/px ({mpp!r}) is not a positive number")
+        info["cell_area_level0"] = _positive(info.get("cell_area_level0"))
+        if not isinstance(info.get("metadata"), dict):
+            info["metadata"] = {}
+        features = data.get("features")
+        if not isinstance(features, list):
+            raise FeatureFileError(f"{p}: 'features' is not a list of GeoJSON features")
         geoms, classes, colors, labels = [], [], [], []
-        for feat in data["features"]:
-            props = feat.get("properties") or {}
-            cls = props.get("classification") or {}
-            geoms.append(shape(feat["geometry"]))
+        for i, feat in enumerate(features):
+            if not isinstance(feat, dict):
+                raise FeatureFileError(f"{p}: feature {i} is not a GeoJSON Feature object")
+            props = feat.get("properties") if isinstance(feat.get("properties"), dict) else {}
+            cls = props.get("classification") if isinstance(props.get("classification"), dict) else {}
+            geom = shape(feat["geometry"])
+            if geom.geom_type not in ("Polygon", "MultiPolygon"):
+                raise FeatureFileError(f"{p}: feature {i} is a {geom.geom_type}, not a (Multi)Polygon")
+            geoms.append(geom)
             classes.append(str(cls.get("name") or props.get("name") or ""))
-            colors.append([int(c) for c in cls.get("color", [255, 255, 0])][:3])
-            labels.append(int(props.get("xmag_label", 0)))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise FeatureFileError(f"{p}: not a readable GeoJSON ({err})") from None
-    return Annotations(geoms, classes, colors, labels, dict(data["xmag"]))
+            colors.append(_color(cls.get("color")))
+            label = props.get("xmag_label", 0)
+            labels.append(int(label) if _number(label) else 0)
+    except FeatureFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ShapelyError) as err:
+        raise FeatureFileError(f"{p}: not a readable GeoJSON ({type(err).__name__}: {err})") from None
+    return Annotations(geoms, classes, colors, labels, info)
 
 
 def _ring(coords: Any) -> np.ndarray:

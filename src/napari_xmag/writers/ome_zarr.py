@@ -264,37 +264,106 @@ def is_map_zarr(path: str | os.PathLike[str]) -> bool:
         if not p.is_dir():
             return False
         attrs = _root_attrs(p)
-        info = (attrs or {}).get("xmag")
+        info = attrs.get("xmag") if isinstance(attrs, dict) else None
         return isinstance(info, dict) and info.get("format") == MAP_FORMAT
     except (OSError, ValueError):
         return False
 
 
-def _map_from_group(group: Any, path: Path) -> SlideMap:
-    info = dict(group.attrs["xmag"])
+#: What zarr raises for damaged metadata or chunks: all of it is "not a readable store".
+_READ_ERRORS = (OSError, KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError)
+
+
+def _pair(value: Any, what: str, positive: bool = False) -> tuple[float, float]:
+    """Two finite floats (y, x) from a stored list, else ValueError saying what is wrong."""
+    if not isinstance(value, list) or len(value) != 2 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"its {what} is {value!r}, not two numbers")
+    a, b = float(value[0]), float(value[1])
+    if not (np.isfinite(a) and np.isfinite(b)) or (positive and min(a, b) <= 0):
+        raise ValueError(f"its {what} is {value!r}, not two {'positive ' if positive else ''}finite numbers")
+    return a, b
+
+
+def _clean_metadata(meta: Any, channels: int | None) -> dict[str, Any]:
+    """The map's metadata with class names and colours usable by napari (others dropped)."""
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and (channels is None or len(classes) == channels)):
+        meta.pop("classes", None)
+    else:
+        meta["classes"] = [str(c) for c in classes]
+    colors = meta.get("colors")
+    ok = isinstance(colors, list) and all(
+        isinstance(c, list) and len(c) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    and 0 <= v <= 255 for v in c)
+        for c in colors
+    )
+    if not ok or (channels is not None and len(colors) < channels):
+        meta.pop("colors", None)
+    return meta
+
+
+def _map_from_group(group: Any, path: Path, sub: str) -> SlideMap:
+    import zarr
+
+    from ..features import FeatureFileError
+    from ..maps import LABEL_KINDS
+
+    where = f"{path}: map {sub!r}" if sub else f"{path}: the root map"
+    info = group.attrs.get("xmag")
+    if not isinstance(info, dict):
+        raise FeatureFileError(f"{where} has no xmag map metadata")
+    if "0" not in group or not isinstance(group["0"], zarr.Array):
+        raise FeatureFileError(f"{where} has no level 0 array")
     data = np.asarray(group["0"][...])
-    if info.get("rgb"):
+    kind = str(info.get("kind") or ("labels" if "image-label" in group.attrs else "heatmap"))
+    rgb = bool(info.get("rgb"))
+    if data.dtype.kind not in "biuf" or data.size == 0:
+        raise FeatureFileError(f"{where}: level 0 is an empty or non-numeric {data.dtype} {data.shape} array")
+    if kind in LABEL_KINDS:
+        if data.ndim != 2 or data.dtype.kind not in "iu":
+            raise FeatureFileError(f"{where}: a label map is 2D integers, not {data.dtype} {data.shape}")
+    elif rgb:
+        if data.ndim != 3 or data.shape[0] not in (3, 4):
+            raise FeatureFileError(f"{where}: an RGB map is (3, H, W), not {data.shape}")
         data = np.moveaxis(data, 0, -1)
-    meta = dict(info.get("metadata") or {})
-    scale = tuple(float(s) for s in info["scale"])
-    translate = tuple(float(t) for t in info["translate"])
+    elif data.ndim not in (2, 3):
+        raise FeatureFileError(f"{where}: an image map is (H, W) or (C, H, W), not {data.shape}")
+    if data.dtype.kind == "b":
+        data = data.astype(np.uint8)
+    channels = data.shape[0] if data.ndim == 3 and not rgb else None
+    meta = _clean_metadata(info.get("metadata"), channels)
+    try:
+        scale = _pair(info.get("scale"), "scale", positive=True)
+        translate = _pair(info.get("translate"), "translate")
+    except ValueError as err:
+        raise FeatureFileError(f"{where}: {err}") from None
     grid = None
     if meta.get("grid"):
         try:
             grid = MapGrid.from_dict(meta["grid"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             grid = None
-    if grid is None and meta.get("slide_mpp"):
-        spatial = data.shape[:2] if info.get("rgb") else data.shape[-2:]
-        grid = MapGrid.from_transform(scale, translate, float(meta["slide_mpp"]), spatial)
-    kind = str(info.get("kind") or ("labels" if "image-label" in group.attrs else "heatmap"))
+    mpp = meta.get("slide_mpp")
+    valid_mpp = isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and np.isfinite(mpp) and mpp > 0
+    if not valid_mpp:
+        meta.pop("slide_mpp", None)
+    if grid is None and valid_mpp:
+        spatial = data.shape[:2] if rgb else data.shape[-2:]
+        grid = MapGrid.from_transform(scale, translate, float(mpp), spatial)
     name = str(info.get("name") or path.stem)
     return SlideMap(data=data, scale=scale, translate=translate, kind=kind, name=name, metadata=meta,
                     grid=grid)
 
 
 def read_ome_zarr(path: str | os.PathLike[str]) -> list[SlideMap]:
-    """The maps of a store written by :func:`write_ome_zarr`: the image first, then the labels."""
+    """The maps of a store written by :func:`write_ome_zarr`: the image first, then the labels.
+
+    Raises :class:`~napari_xmag.features.FeatureFileError` naming the store when it is not one
+    or is damaged (metadata, chunks, shapes or kinds that do not fit a map).
+    """
     from ..features import FeatureFileError
 
     p = Path(path)
@@ -304,11 +373,20 @@ def read_ome_zarr(path: str | os.PathLike[str]) -> list[SlideMap]:
 
     try:
         root = zarr.open_group(str(p), mode="r")
-        contents = root.attrs["xmag"].get("contents", [])
+        contents = root.attrs["xmag"].get("contents")
+        if not (isinstance(contents, list) and contents and all(isinstance(c, str) for c in contents)):
+            raise FeatureFileError(f"{p}: its list of maps (xmag contents) is missing or damaged")
         maps = []
         for sub in contents:
             group = root if sub == "" else root[sub]
-            maps.append(_map_from_group(group, p))
-    except (KeyError, ValueError, OSError) as err:
-        raise FeatureFileError(f"{p}: not a readable napari-xmag map store ({err})") from None
+            if not isinstance(group, zarr.Group):
+                raise FeatureFileError(f"{p}: map {sub!r} is not a group")
+            maps.append(_map_from_group(group, p, sub))
+    except FeatureFileError:
+        raise
+    except _READ_ERRORS as err:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise FeatureFileError(
+            f"{p}: not a readable napari-xmag map store ({type(err).__name__}: {cause})"
+        ) from None
     return maps
