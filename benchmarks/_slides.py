@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 # ../shared/data/slides beside the repository, as in the tests (XMAG_TEST_SLIDES overrides)
-SLIDES = Path(os.environ.get("XMAG_TEST_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
+SLIDES = Path(
+    os.environ.get("XMAG_TEST_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides")
+)
 CMU1_SMALL = SLIDES / "CMU-1-Small-Region.svs"
 
 

@@ -24,6 +24,7 @@ use it with a larger slide and ``--block-um 1500``.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=0.15)
     parser.add_argument("--block-um", type=float, default=600.0)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the summary rows here")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.slide.name},"
           f" {args.patch_size} px fields (5x) vs 4x4 crops of {args.patch_size} px (20x),"
@@ -121,6 +123,15 @@ def main() -> None:
         print(f"   {'':22}" + "".join(f"{r:>10}" for r in ROWS))
         for key in metrics["final"]:
             print(f"   {key:22}" + "".join(f"{metrics[r][key]:10.3f}" for r in ROWS))
+    if args.json:
+        final, base = metrics["final"], metrics["baseline"]
+        rows = [{"metric": f"D1 held-out {key} (baseline {base[key]:.3f})", "value": final[key],
+                 "goal": "> baseline", "pass": final[key] > base[key]} for key in final]
+        rows += [{"metric": "D2 teacher cache pays off after epochs", "value": break_even, "goal": "-",
+                  "pass": None},
+                 {"metric": "D3 cached / uncached training pairs/s", "value": cached / uncached,
+                  "goal": "-", "pass": None}]
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

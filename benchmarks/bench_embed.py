@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -39,7 +40,7 @@ def field_of_view(slide: Slide, n_student: int) -> tuple[np.ndarray, tuple[int, 
     """The first ``n_student`` 5x tissue patches in a row, and their level-0 bounding box."""
     grid = patch_grid(slide, mpp=2.0, min_tissue=0.9)
     coords = grid.coords[:n_student]
-    size = int(round(grid.patch_size_level0))
+    size = round(grid.patch_size_level0)
     x0, y0 = coords.min(0)
     x1, y1 = coords.max(0) + size
     return coords, (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
@@ -164,11 +165,14 @@ def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--slide", type=Path, help="an existing pyramid (default: build 12000 x 9000)")
     parser.add_argument("--fov", type=int, default=2, help="5x patches in the P1 field of view")
     parser.add_argument("--patches", type=int, default=64, help="patches for P3 and P4")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--json", type=Path, help="also write the summary rows here")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +186,8 @@ def main() -> None:
                   f" ratio {row['ratio_20x_5x']:.2f}x, coverage 5x {row['coverage_5x']:.3f}"
                   f" 20x {row['coverage_20x']:.3f}")
         for row in p2:
-            print(f"P2 (CMU-1 tissue) min_tissue {row['min_tissue']:.2f}: 5x {row['patches_5x']} / 20x {row['patches_20x']}"
+            print(f"P2 (CMU-1 tissue) min_tissue {row['min_tissue']:.2f}:"
+                  f" 5x {row['patches_5x']} / 20x {row['patches_20x']}"
                   f" patches, ratio {row['ratio_20x_5x']:.2f}x, coverage 5x {row['coverage_5x']:.3f}"
                   f" 20x {row['coverage_20x']:.3f}")
         p3 = p3_pipeline_vs_bare(slide_path, args.patches, args.batch_size)
@@ -213,6 +218,11 @@ def main() -> None:
     print("\nmetric                               ours                 goal                 result")
     for name, ours, goal, ok in rows:
         print(f"{name:<36} {ours:<20} {goal:<20} {'PASS' if ok else 'MISS'}")
+    if args.json:
+        args.json.write_text(json.dumps(
+            [{"metric": name, "value": ours, "goal": goal, "pass": bool(ok)}
+             for name, ours, goal, ok in rows],
+            indent=1))
 
 
 if __name__ == "__main__":
