@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--slide", type=Path, help="an existing pyramid (default: build 12000 x 9000)")
     parser.add_argument("--fov", type=int, default=2, help="5x patches in the P1 field of view")
     parser.add_argument("--patches", type=int, default=64, help="patches for P3 and P4")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8, help="default: 8, the CPU default of xmag embed")
     parser.add_argument("--json", type=Path, help="also write the summary rows here")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")

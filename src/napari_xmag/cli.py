@@ -264,10 +264,14 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
                         help="fraction of a patch that must be tissue (default: 0.25)")
     parser.add_argument("--mpp-override", type=float, default=None, metavar="UM",
                         help="level-0 µm/px for slides that do not record it")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="patches per forward pass (default: 8 on the CPU, where small batches"
+                        " run fastest, 64 on a GPU)")
     parser.add_argument("--workers", type=int, default=2, help="slide-reading threads")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                        help="fp32 (default); int8 is the CPU fast path (about 3x, cosine to fp32"
+                        " > 0.99), bf16 about 2x on CPUs with bf16 units; bf16 autocast on a GPU")
     parser.add_argument("--format", default="h5", choices=["h5", "zarr"])
     parser.add_argument("--tokens", action="store_true", help="also keep patch-token grids (zarr)")
     parser.add_argument("--overwrite", action="store_true",

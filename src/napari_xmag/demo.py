@@ -175,7 +175,7 @@ def run_demo(
     name = student.spec.name
 
     features_dir = out / (f"features-{RANDOM_TAG}" if random_w else "features")
-    settings = EmbedSettings(device=device, batch_size=16, workers=2)
+    settings = EmbedSettings(device=device, workers=2)
     embedded = embed_slide(slide, student, features_dir, settings, overwrite=True, progress=progress,
                            cancel=cancel)
     data = read_features(embedded.output)

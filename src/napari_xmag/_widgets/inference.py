@@ -177,7 +177,7 @@ class InferenceWidget(Container):
                 mpp=self._mpp_edit.value, stride=int(self._stride_edit.value),
                 tissue_threshold=float(self._threshold_edit.value), mpp_override=mpp_override,
                 device=self._device_edit.value, precision=self._precision_edit.value,
-                batch_size=16, workers=2,
+                workers=2,
             )
         except ValueError as err:
             self._status.value = str(err)
