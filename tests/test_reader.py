@@ -41,6 +41,7 @@ def test_layer_data() -> None:
     assert kwargs["rgb"] and kwargs["multiscale"]
     assert kwargs["scale"] == (0.499, 0.499)
     assert kwargs["units"] == ("um", "um")
+    assert kwargs["cache"] is False  # the store's bounded tile cache, not napari's quarter of RAM
     assert kwargs["name"] == "CMU-1-Small-Region"
     meta = kwargs["metadata"]
     assert meta["xmag"]["path"] == str(CMU1.path)

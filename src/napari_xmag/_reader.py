@@ -72,6 +72,10 @@ def slide_layer_data(path: str, mpp: float | None = None) -> tuple[Any, dict[str
         "name": slide.name,
         "metadata": {"xmag": slide.summary(), "properties": slide.properties},
         "contrast_limits": (0, 255),
+        # The store keeps decoded tiles in its own bounded cache (XMAG_TILE_CACHE_MB); napari's
+        # dask cache (a quarter of RAM by default) would hold every view again, and grow with
+        # every pan: 370 MB after 30 half-screen pans of a 40k slide.
+        "cache": False,
     }
     if slide.mpp_x is not None:
         kwargs["scale"] = (slide.mpp_y, slide.mpp_x)

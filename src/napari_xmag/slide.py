@@ -47,7 +47,7 @@ MAGNIFICATION_MPP = {"40x": 0.25, "20x": 0.5, "10x": 1.0, "5x": 2.0, "2.5x": 4.0
 
 DEFAULT_TILE = 256  # for formats that do not report a tile size
 _TILE_CACHE_ENV = "XMAG_TILE_CACHE_MB"
-_DEFAULT_TILE_CACHE_MB = 64
+_DEFAULT_TILE_CACHE_MB = 32
 # Levels whose read is resampled by less than this relative amount are used as they are.
 _RESAMPLE_TOLERANCE = 1e-3
 # No scanner images tissue coarser than this at level 0; such a value is a default DPI
@@ -81,7 +81,7 @@ _open_slides_lock = threading.Lock()
 
 @functools.cache
 def shared_tile_cache() -> openslide.OpenSlideCache:
-    """The one bounded tile cache every open slide shares (``XMAG_TILE_CACHE_MB``, default 64).
+    """The one bounded tile cache every open slide shares (``XMAG_TILE_CACHE_MB``, default 32).
 
     Dropped when the last slide closes, so closing every slide gives its memory back.
     """
