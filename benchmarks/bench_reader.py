@@ -357,7 +357,8 @@ def report_napari(res: dict) -> dict:
         reads = res["pan_reads"]
         print(
             f"  native tiles read per pan: median {statistics.median(reads):.0f}, min {min(reads)},"
-            f" max {max(reads)} (the rest of the view comes from napari's dask cache)"
+            f" max {max(reads)} (the whole view: the layer skips napari's dask cache; tiles read"
+            " before come from the store's tile cache)"
         )
     print(f"  screenshots per pan until the layer held the new view: max {max(res['pan_shots'])}")
     print(f"  peak RSS of the viewing process (napari, Qt, the slide, {len(pans)} pans):"

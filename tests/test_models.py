@@ -499,6 +499,8 @@ def test_every_model_builds_and_embeds(name, images, tmp_path):
         feats = model.forward_features(x)
     width = TINY["embed_dim"]
     assert pooled.shape == (2, spec.embed_dim_for(width)) == (2, model.embed_dim)
+    # its own storage, not a view of the token output: kept batches must not keep every token
+    assert pooled.untyped_storage().nbytes() == pooled.numel() * pooled.element_size()
     assert pooled.dtype == grid.dtype == torch.float32 and torch.isfinite(pooled).all()
     assert grid.shape == (2, *spec.grid, width)
     assert feats.shape == (2, spec.num_prefix_tokens + spec.grid[0] * spec.grid[1], width)

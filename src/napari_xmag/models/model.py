@@ -147,7 +147,9 @@ class XmagModel(nn.Module):
         cls = feats[:, 0]
         patches = feats[:, self.num_prefix_tokens :]
         pooled = torch.cat((cls, patches.mean(dim=1)), dim=-1) if self.spec.embedding == "cls+mean" else cls
-        pooled = pooled.float()
+        # a copy: the class token is a view of the whole (B, tokens, D) output, and a caller that
+        # keeps one batch's embeddings would keep all of it (0.8 MB a patch for ViT-B at 224 px)
+        pooled = pooled.float().clone()
         if not tokens:
             return pooled
         p = self.patch_size
