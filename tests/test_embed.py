@@ -18,6 +18,7 @@ from napari_xmag.embed import (
     embed_patches,
     embed_slide,
     iter_patch_batches,
+    prepare_model,
 )
 from napari_xmag.features import read_features
 from napari_xmag.models import create_model
@@ -179,3 +180,29 @@ def test_embed_with_mpp_override(tmp_path, capsys) -> None:
     with h5py.File(tmp_path / "boxes.h5") as f:
         assert f["features"].attrs["mpp_override"] == 0.25
         assert f["coords"].attrs["mpp"] == 0.5
+
+
+def test_cpu_precisions_match_a_plain_conversion_and_leave_the_model_alone() -> None:
+    """int8/bf16 copies share the tensors they do not convert, are made once per weights, and
+    give exactly what quantising or casting a full copy gives."""
+    import copy
+
+    model = create_model("xmag", weights="random", tiny=True)
+    x = torch.rand(3, 3, 224, 224)
+    with torch.inference_mode():
+        ref = model.embed(x)
+        int8 = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8
+        )
+        bf16 = copy.deepcopy(model).to(torch.bfloat16)
+        q = prepare_model(model, "cpu", "int8")[0]
+        assert torch.equal(q.embed(x), int8.embed(x))
+        assert prepare_model(model, "cpu", "int8")[0] is q  # once per model and weights
+        b = prepare_model(model, "cpu", "bf16")[0]
+        assert torch.equal(b.embed(x.bfloat16()), bf16.embed(x.bfloat16()))
+        assert torch.equal(model.embed(x), ref)  # the caller's model is still fp32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert type(model.backbone.blocks[0].mlp.fc1) is torch.nn.Linear
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # as an optimiser step would
+    assert prepare_model(model, "cpu", "int8")[0] is not q

@@ -16,6 +16,7 @@ import re
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._memory import return_freed_memory
 from .features import FeatureSet, feature_path, read_features, settings_differ, write_features
 from .slide import Slide, SlideError, parse_mpp
 from .writers._atomic import remove_stale_parts
@@ -47,6 +49,8 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16", "int8")
+# glibc keeps what reader threads and torch free, fragmented; handing it back costs ~1 ms
+TRIM_EVERY_S = 2.0
 
 
 class EmbedCancelled(Exception):
@@ -191,7 +195,9 @@ def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> 
     """Put the model on its device at the asked precision; returns (model, device, autocast dtype).
 
     CPU: bf16 casts the weights (faster than autocast on CPUs with bf16 units), int8 applies
-    dynamic quantisation to the Linear layers. GPU: autocast in fp16/bf16.
+    dynamic quantisation to the Linear layers. GPU: autocast in fp16/bf16. The caller's model is
+    left as it is; the CPU copy is made once per model and weights (not once per slide), and
+    shares every tensor it does not convert.
     """
     import torch
 
@@ -199,17 +205,47 @@ def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> 
 
     dev = torch.device(resolve_device(device))
     model = model.eval().to(dev)
-    autocast = None
-    if precision == "int8":
-        if dev.type != "cpu":
-            raise ValueError("int8 (dynamic quantisation) runs on the CPU only")
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    elif precision == "bf16":
-        if dev.type == "cpu":
-            model = copy.deepcopy(model).to(torch.bfloat16)  # the caller keeps its fp32 model
+    if precision == "int8" and dev.type != "cpu":
+        raise ValueError("int8 (dynamic quantisation) runs on the CPU only")
+    if precision == "fp32":
+        return model, dev, None
+    if dev.type != "cpu":
+        return model, dev, torch.bfloat16
+    # parameter versions change with every in-place update (an optimiser step): a trained model
+    # gets a new copy
+    key = (precision, sum(p._version for p in model.parameters()))
+    cached = _PREPARED.get(model)
+    if cached is None or cached[0] != key:
+        if precision == "int8":
+            lean = _copy_sharing(model)
+            torch.ao.quantization.quantize_dynamic(lean, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         else:
-            autocast = torch.bfloat16
-    return model, dev, autocast
+            lean = _copy_sharing(model, torch.bfloat16)
+        cached = _PREPARED[model] = (key, lean)
+    return cached[1], dev, None
+
+
+# model -> ((precision, weights version), converted copy); goes with the model
+_PREPARED: weakref.WeakKeyDictionary[Any, tuple[tuple[str, int], Any]] = weakref.WeakKeyDictionary()
+
+
+def _copy_sharing(model: Any, dtype: Any = None) -> Any:
+    """A copy of the module tree whose tensors are the model's own, or cast to ``dtype``.
+
+    ``copy.deepcopy`` would first duplicate every weight (344 MB for ViT-B) only for
+    quantisation to replace the Linear ones; the memo hands deepcopy the tensors to use instead.
+    """
+    import torch
+
+    memo: dict[int, Any] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        if dtype is None or not tensor.is_floating_point():
+            memo[id(tensor)] = tensor
+        elif isinstance(tensor, torch.nn.Parameter):
+            memo[id(tensor)] = torch.nn.Parameter(tensor.detach().to(dtype), requires_grad=False)
+        else:
+            memo[id(tensor)] = tensor.to(dtype)
+    return copy.deepcopy(model, memo)
 
 
 def embed_patches(
@@ -233,9 +269,13 @@ def embed_patches(
     grids: list[np.ndarray] = []
     bar = _progress_bar(progress, total, description)
     done = 0
+    trimmed = time.monotonic()
     try:
         with torch.inference_mode():
             for batch in batches:
+                if time.monotonic() - trimmed > TRIM_EVERY_S:  # RSS flat over a whole slide
+                    return_freed_memory()
+                    trimmed = time.monotonic()
                 if cancel is not None and cancel.is_set():
                     raise EmbedCancelled(f"{description}: cancelled after {done} of {total} patches")
                 x = model.preprocess(batch).to(dev, dtype=dtype)

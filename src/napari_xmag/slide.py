@@ -7,8 +7,6 @@ what OpenSlide returns for that tile. Tiles are composited onto white where tran
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import hashlib
 import math
@@ -25,6 +23,8 @@ from typing import Any
 import numpy as np
 import openslide
 from PIL import Image
+
+from ._memory import return_freed_memory
 
 __all__ = [
     "MAGNIFICATION_MPP",
@@ -105,14 +105,7 @@ def _slide_closed(slide: Slide) -> None:
         _open_slides.discard(slide)
         if not _open_slides:
             shared_tile_cache.cache_clear()
-            _return_freed_memory()
-
-
-def _return_freed_memory() -> None:
-    """Ask glibc to hand freed heap pages back to the OS: decoded tiles are many small
-    buffers that it would otherwise keep for reuse after every slide is closed."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+            return_freed_memory()
 
 
 def parse_mpp(value: float | str) -> float:
