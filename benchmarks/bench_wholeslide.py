@@ -94,13 +94,14 @@ def part_tissue(slide_path: str) -> dict:
 def part_embed(slide_path: str, precision: str) -> dict:
     import torch
 
-    from napari_xmag.embed import EmbedSettings, embed_slide
+    from napari_xmag.embed import EmbedSettings, embed_slide, prepare_model
     from napari_xmag.models import create_model
 
     baseline = _rss_mb()
     with tempfile.TemporaryDirectory() as out, _Sampler() as sampler:
         start = time.perf_counter()
-        model = create_model("xmag", weights="random")
+        # as `xmag embed --precision P` does: convert once, keep only the converted model
+        model, _, _ = prepare_model(create_model("xmag", weights="random"), "cpu", precision)
         result = embed_slide(slide_path, model, out, EmbedSettings(precision=precision), progress=False)
         seconds = time.perf_counter() - start
     return {"precision": precision, "patches": result.patches, "seconds": seconds,

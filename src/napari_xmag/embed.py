@@ -197,7 +197,8 @@ def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> 
     CPU: bf16 casts the weights (faster than autocast on CPUs with bf16 units), int8 applies
     dynamic quantisation to the Linear layers. GPU: autocast in fp16/bf16. The caller's model is
     left as it is; the CPU copy is made once per model and weights (not once per slide), and
-    shares every tensor it does not convert.
+    shares every tensor it does not convert. A caller that needs only the converted model (the
+    CLI) keeps the copy and drops its fp32 model: the copy is returned as it is next time.
     """
     import torch
 
@@ -207,7 +208,7 @@ def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> 
     model = model.eval().to(dev)
     if precision == "int8" and dev.type != "cpu":
         raise ValueError("int8 (dynamic quantisation) runs on the CPU only")
-    if precision == "fp32":
+    if precision == "fp32" or getattr(model, "xmag_precision", None) == precision:
         return model, dev, None
     if dev.type != "cpu":
         return model, dev, torch.bfloat16
@@ -221,6 +222,7 @@ def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> 
             torch.ao.quantization.quantize_dynamic(lean, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         else:
             lean = _copy_sharing(model, torch.bfloat16)
+        lean.xmag_precision = precision  # prepare_model(lean, same precision) returns it as is
         cached = _PREPARED[model] = (key, lean)
     return cached[1], dev, None
 
