@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +37,23 @@ def build_cmu1_pyramid(folder: str | Path, width: int = 40000, height: int = 300
 
     path = Path(folder) / "cmu1-40k.svs"
     return write_aperio_pyramid(path, width, height, mirrored_source(read_cmu1()))
+
+
+@contextmanager
+def benchmark_slide(slide: Path | None, keep: Path | None = None) -> Iterator[Path]:
+    """``slide`` when given; else the 40k pyramid built into ``keep`` (kept) or a temporary
+    folder (removed on exit)."""
+    if slide is not None:
+        yield slide
+        return
+    tmp = None if keep else tempfile.mkdtemp(prefix="bench-slide-")
+    folder = Path(keep or tmp)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        start = time.perf_counter()
+        built = build_cmu1_pyramid(folder)
+        print(f"built {built} ({built.stat().st_size / 2**20:.0f} MB) in {time.perf_counter() - start:.1f} s")
+        yield built
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)

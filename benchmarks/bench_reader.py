@@ -24,14 +24,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _slides import CMU1_SMALL, build_cmu1_pyramid
+from _slides import CMU1_SMALL, benchmark_slide
 
 TILE = 240
 WINDOW = 1024
@@ -473,15 +472,7 @@ def main() -> None:
         return
 
     cpu_start = _cpu_seconds()
-    tmp = None
-    slide = args.slide
-    if slide is None:
-        folder = args.keep or Path(tmp := tempfile.mkdtemp(prefix="bench-reader-"))
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        slide = build_cmu1_pyramid(folder)
-        print(f"built {slide} ({slide.stat().st_size / MB:.0f} MB) in {time.perf_counter() - t0:.1f} s")
-    try:
+    with benchmark_slide(args.slide, args.keep) as slide:
         results = {}
         results.update(report_chunks(run_part("chunks", slide, {"XMAG_TILE_CACHE_MB": "0"})))
         prefix = display_prefix()
@@ -494,9 +485,6 @@ def main() -> None:
         _report_other_load(cpu_start)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _slides import build_cmu1_pyramid
+from _slides import benchmark_slide
 
 MB = 1024 * 1024
 BATCH_SLIDES = 20
@@ -200,21 +199,12 @@ def main() -> None:
     if args.part:  # child process: measure, print JSON
         print(json.dumps(PARTS[args.part](str(args.slide))))
         return
-    tmp = None
-    slide = args.slide
-    if slide is None:
-        folder = args.keep or Path(tmp := tempfile.mkdtemp(prefix="bench-wholeslide-"))
-        folder.mkdir(parents=True, exist_ok=True)
-        slide = build_cmu1_pyramid(folder)
-    try:
+    with benchmark_slide(args.slide, args.keep) as slide:
         print(f"{slide} ({slide.stat().st_size / MB:.0f} MB), {os.cpu_count()} cores")
         rows = measure(slide, args.skip_fp32)
         print_rows(rows)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _slides import build_cmu1_pyramid  # noqa: E402
+from _slides import benchmark_slide  # noqa: E402
 
 
 def run(script: str, args: list[str], rows_file: Path) -> list[dict]:
@@ -45,23 +44,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="skip the fp32 whole-slide run, shorter distillation")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-all-"))
-    try:
-        slide = args.slide
-        if slide is None:
-            folder = args.keep or tmp
-            folder.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            slide = build_cmu1_pyramid(folder)
-            print(f"built {slide} in {time.perf_counter() - start:.0f} s")
+    with (tempfile.TemporaryDirectory(prefix="bench-all-") as rows_dir,
+          benchmark_slide(args.slide, args.keep) as slide):
+        tmp = Path(rows_dir)
         rows = []
         rows += run("bench_reader.py", ["--slide", str(slide)], tmp / "reader.json")
         rows += run("bench_embed.py", [], tmp / "embed.json")
         rows += run("bench_wholeslide.py", ["--slide", str(slide), *(["--skip-fp32"] if args.quick else [])],
                     tmp / "wholeslide.json")
         rows += run("bench_distill.py", ["--steps", "200"] if args.quick else [], tmp / "distill.json")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\n{'metric':58} {'ours':>22} {'goal':>20}  result")
     for row in rows:
