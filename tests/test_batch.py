@@ -103,6 +103,10 @@ def test_find_slides_from_folders_and_lists(tmp_path: Path, data: dict[str, Path
     # the folder's files sorted, then the lists' new ones; the repeated slide is kept once
     assert [s.path for s in found] == [*synthetic, CMU1.path, BROKEN]
     assert found[-1] == SlideEntry(BROKEN, 0.25)
+    # links keep their own names: outputs are named after them, not after what they point to
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "case-7.svs").symlink_to(CMU1.path)
+    assert [s.path for s in find_slides(tmp_path / "links")] == [tmp_path / "links" / "case-7.svs"]
     with pytest.raises(SlideListError, match="no such slide file"):
         find_slides([tmp_path / "missing.svs"])
     with pytest.raises(SlideListError, match="no slide files in this folder"):

@@ -41,7 +41,7 @@ def find_slides(
     sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str] | SlideEntry],
 ) -> list[SlideEntry]:
     """The slides named by files, folders (their slide files, by suffix, not recursive) and
-    ``.txt``/``.csv`` lists, in the order given, each once, as absolute paths.
+    ``.txt``/``.csv`` lists, in the order given, each once, as absolute paths (links kept).
 
     A folder's ``.dcm`` files are one DICOM slide (OpenSlide opens it from any of its files).
     """
@@ -61,7 +61,7 @@ def _expand(source: str | os.PathLike[str] | SlideEntry) -> list[SlideEntry]:
         path = Path(source.path).expanduser()
         if not path.exists():
             raise SlideListError(f"{path}: no such slide file")
-        return [replace(source, path=path.resolve())]
+        return [replace(source, path=_absolute(path))]
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
@@ -70,12 +70,12 @@ def _expand(source: str | os.PathLike[str] | SlideEntry) -> list[SlideEntry]:
         if not files:
             looked = ", ".join(SLIDE_SUFFIXES)
             raise SlideListError(f"{path}: no slide files in this folder (looked for {looked})")
-        return [SlideEntry(p.resolve()) for p in sorted(files)]
+        return [SlideEntry(_absolute(p)) for p in sorted(files)]
     if not path.exists():
         raise SlideListError(f"{path}: no such slide file, folder or list")
     if path.suffix.lower() in LIST_SUFFIXES:
         return _read_list(path)
-    return [SlideEntry(path.resolve())]
+    return [SlideEntry(_absolute(path))]
 
 
 def _read_list(path: Path) -> list[SlideEntry]:
@@ -115,9 +115,15 @@ def _read_list(path: Path) -> list[SlideEntry]:
         if slide.is_dir():
             slides += [replace(s, mpp_override=override) for s in _expand(slide)]
         elif slide.exists():
-            slides.append(SlideEntry(slide.resolve(), override))
+            slides.append(SlideEntry(_absolute(slide), override))
         else:
             raise SlideListError(f"{path}, line {line}: {slide}: no such slide file")
     if not slides:
         raise SlideListError(f"{path}: the list names no slides")
     return slides
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute and normalised, but links kept: a folder of links to a slide store must give
+    outputs named after the links, not after the files they point to."""
+    return Path(os.path.abspath(path))
