@@ -23,6 +23,7 @@ Weights are random (none can be downloaded here); time and memory do not depend 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -101,6 +102,7 @@ def part_embed(slide_path: str, precision: str) -> dict:
         start = time.perf_counter()
         # as `xmag embed --precision P` does: convert once, keep only the converted model
         model, _, _ = prepare_model(create_model("xmag", weights="random"), "cpu", precision)
+        gc.collect()  # as the CLI does: the dropped fp32 model sits in reference cycles
         result = embed_slide(slide_path, model, out, EmbedSettings(precision=precision), progress=False)
         seconds = time.perf_counter() - start
     return {"precision": precision, "patches": result.patches, "seconds": seconds,

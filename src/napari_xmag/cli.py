@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -390,6 +391,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     # converted once, and the fp32 weights let go (-340 MB for int8)
     model, _, _ = prepare_model(create_model(args.model, weights=args.weights), settings.device,
                                 settings.precision)
+    gc.collect()  # timm modules hold reference cycles: the dropped fp32 model goes only now
     if model.weights.random:
         print("warning: RANDOM WEIGHTS: embeddings carry no meaning (recorded in every output)",
               file=sys.stderr)
