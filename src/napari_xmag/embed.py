@@ -27,6 +27,7 @@ import numpy as np
 
 from . import __version__
 from ._memory import return_freed_memory
+from ._progress import progress_bar
 from .features import FeatureSet, feature_path, read_features, settings_differ, write_features
 from .slide import Slide, SlideError, parse_mpp
 from .writers._atomic import remove_stale_parts
@@ -269,7 +270,7 @@ def embed_patches(
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     features: list[np.ndarray] = []
     grids: list[np.ndarray] = []
-    bar = _progress_bar(progress, total, description)
+    bar = progress_bar(progress, total, description)
     done = 0
     trimmed = time.monotonic()
     try:
@@ -294,27 +295,6 @@ def embed_patches(
     dim = getattr(model, "embed_dim", 0)
     feats = np.concatenate(features) if features else np.zeros((0, dim), np.float32)
     return feats, (np.concatenate(grids) if grids else None) if tokens else None
-
-
-def _progress_bar(
-    progress: bool | Callable[[int, int], None], total: int, description: str
-) -> Callable[[int | None], None]:
-    """``update(done)``, and ``update(None)`` to close. A callable gets (done, total)."""
-    if callable(progress):
-        return lambda done: None if done is None else progress(done, total)
-    if not progress:
-        return lambda done: None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=description, unit="patch", leave=False)
-
-    def update(done: int | None) -> None:
-        if done is None:
-            bar.close()
-        else:
-            bar.update(done - bar.n)
-
-    return update
 
 
 # ---- one slide, end to end ------------------------------------------------------------

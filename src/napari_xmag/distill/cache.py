@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .._progress import progress_bar
 from ..writers._atomic import atomic_path
 from .augment import FLIP_VARIANTS, View
 from .pairs import PairDataset, PairIndex
@@ -170,7 +171,8 @@ def build_teacher_cache(
     size = index.settings.patch_size
     dim = int(teacher.embed_dim)
 
-    bar = _bar(progress, n, f"teacher cache ({len(variants)} variant{'s' * (len(variants) > 1)})")
+    description = f"teacher cache ({len(variants)} variant{'s' * (len(variants) > 1)})"
+    bar = progress_bar(progress, n, description, unit="pair")
     try:
         with atomic_path(path) as tmp:  # also removes what a killed build left
             group = zarr.open_group(str(tmp), mode="w")
@@ -216,16 +218,3 @@ def build_teacher_cache(
         bar(None)
         dataset.close()
     return TeacherCache(path)
-
-
-def _bar(
-    progress: bool | Callable[[int, int], None], total: int, description: str
-) -> Callable[[int | None], None]:
-    if callable(progress):
-        return lambda done: None if done is None else progress(done, total)
-    if not progress:
-        return lambda done: None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=description, unit="pair", leave=False)
-    return lambda done: bar.close() if done is None else bar.update(done - bar.n)
