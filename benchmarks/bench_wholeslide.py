@@ -30,47 +30,20 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _slides import benchmark_slide
 
+from napari_xmag._memory import RssSampler, rss_mb
+
 MB = 1024 * 1024
 BATCH_SLIDES = 20
 
 
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / MB
-
-
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-class _Sampler:
-    """Samples RSS every 50 ms: the peak inside one phase, which ru_maxrss (whole life) cannot give."""
-
-    def __init__(self) -> None:
-        self.peak = _rss_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, _rss_mb())
-
-    def __enter__(self) -> _Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
 
 
 # ---- parts, each run in a fresh process ----------------------------------------------------
@@ -78,9 +51,9 @@ def part_tissue(slide_path: str) -> dict:
     from napari_xmag.slide import Slide
     from napari_xmag.tiling import patch_grid, tissue_mask
 
-    baseline = _rss_mb()
+    baseline = rss_mb()
     times = []
-    with Slide(slide_path) as slide, _Sampler() as sampler:
+    with Slide(slide_path) as slide, RssSampler(interval=0.05) as sampler:
         for _ in range(3):  # best of 3: the first also pays the tile cache's cold start
             start = time.perf_counter()
             mask = tissue_mask(slide)
@@ -97,8 +70,8 @@ def part_embed(slide_path: str, precision: str) -> dict:
     from napari_xmag.embed import EmbedSettings, embed_slide, prepare_model
     from napari_xmag.models import create_model
 
-    baseline = _rss_mb()
-    with tempfile.TemporaryDirectory() as out, _Sampler() as sampler:
+    baseline = rss_mb()
+    with tempfile.TemporaryDirectory() as out, RssSampler(interval=0.05) as sampler:
         start = time.perf_counter()
         # as `xmag embed --precision P` does: convert once, keep only the converted model
         model, _, _ = prepare_model(create_model("xmag", weights="random"), "cpu", precision)
@@ -128,7 +101,7 @@ def part_batch(slide_path: str) -> dict:
             embed_slide(link, model, out, EmbedSettings(), progress=False)
             seconds.append(time.perf_counter() - start)
             gc.collect()
-            rss.append(_rss_mb())
+            rss.append(rss_mb())
     return {"rss_mb": rss, "seconds": seconds, "peak_mb": _peak_mb()}
 
 

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._json import json_safe
+from ._json import json_safe, write_json
+from ._memory import RssSampler
 from .embed import EmbedSettings, check_output_folder
 from .features import feature_path
 from .slide_list import SlideEntry, find_slides
@@ -143,18 +144,12 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """Atomically: a reader (or a killed client) sees the old manifest or the new one."""
-    from .writers._atomic import atomic_path
-
     counts = dict.fromkeys((*STATUSES, "pending"), 0)
     for slide in manifest["slides"]:
         if slide.get("in_run", True):
             counts[slide["status"]] = counts.get(slide["status"], 0) + 1
     manifest["counts"] = counts
-    text = json.dumps(json_safe(manifest), indent=2) + "\n"
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_json(path, manifest)
 
 
 def _now() -> str:
@@ -232,44 +227,6 @@ def _cached_model(model: str, weights: str, device: str, precision: str) -> tupl
         return _MODEL_CACHE[key], time.perf_counter() - start
 
 
-class _RssSampler:
-    """This process's resident memory before, at its peak (sampled) and after a task, in MB."""
-
-    def __init__(self, interval: float = 0.1) -> None:
-        try:
-            import psutil  # distributed depends on it
-        except ImportError:  # pragma: no cover
-            self._process = None
-            return
-        self._process = psutil.Process()
-        self._interval = interval
-        self.before = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="xmag-rss", daemon=True)
-        self._thread.start()
-
-    def _rss(self) -> int:
-        return int(self._process.memory_info().rss) if self._process is not None else 0
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._rss())
-
-    def stop(self) -> dict[str, float | None]:
-        if self._process is None:  # pragma: no cover
-            return {"rss_before_mb": None, "rss_peak_mb": None, "rss_after_mb": None}
-        self._stop.set()
-        self._thread.join()
-        gc.collect()
-        after = self._rss()
-        mb = 1 << 20
-        return {
-            "rss_before_mb": round(self.before / mb, 1),
-            "rss_peak_mb": round(max(self.peak, after) / mb, 1),
-            "rss_after_mb": round(after / mb, 1),
-        }
-
-
 def _worker_address() -> str | None:
     try:
         from distributed import get_worker
@@ -286,33 +243,38 @@ def _embed_task(job: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "started": _now(), "worker": _worker_address(), "host": socket.gethostname(), "pid": os.getpid(),
     }
-    rss = _RssSampler()
     start = time.perf_counter()
     phase = "model"
-    try:
-        if job.get("torch_threads"):
-            import torch
+    with RssSampler() as rss:
+        try:
+            if job.get("torch_threads"):
+                import torch
 
-            torch.set_num_threads(int(job["torch_threads"]))
-        settings = EmbedSettings(**job["settings"])
-        model, built = _cached_model(job["model"], job["weights"], settings.device, settings.precision)
-        weights = model.weights
-        record.update(
-            load_model_seconds=round(built, 3), model=model.spec.name, embed_dim=model.embed_dim,
-            weights_source=weights.source, weights_sha256=weights.sha256, weights_random=bool(weights.random),
-        )
-        phase = "embed"
-        result = embed_slide(job["slide"], model, job["out_dir"], settings, fmt=job["format"],
-                             overwrite=job["overwrite"], progress=False)
-        record.update(
-            status="skipped" if result.skipped else "done",
-            reason="the output exists, made with the same settings" if result.skipped else None,
-            output=str(result.output), patches=result.patches, seconds=round(result.seconds, 3),
-        )
-    except Exception as err:  # one bad slide must not stop the batch: it becomes its record
-        reason = _one_line(err)
-        record.update(status="failed", reason=f"building the model: {reason}" if phase == "model" else reason)
-    record.update(rss.stop())
+                torch.set_num_threads(int(job["torch_threads"]))
+            settings = EmbedSettings(**job["settings"])
+            model, built = _cached_model(job["model"], job["weights"], settings.device, settings.precision)
+            weights = model.weights
+            record.update(
+                load_model_seconds=round(built, 3), model=model.spec.name, embed_dim=model.embed_dim,
+                weights_source=weights.source, weights_sha256=weights.sha256,
+                weights_random=bool(weights.random),
+            )
+            phase = "embed"
+            result = embed_slide(job["slide"], model, job["out_dir"], settings, fmt=job["format"],
+                                 overwrite=job["overwrite"], progress=False)
+            record.update(
+                status="skipped" if result.skipped else "done",
+                reason="the output exists, made with the same settings" if result.skipped else None,
+                output=str(result.output), patches=result.patches, seconds=round(result.seconds, 3),
+            )
+        except Exception as err:  # one bad slide must not stop the batch: it becomes its record
+            reason = _one_line(err)
+            if phase == "model":
+                reason = f"building the model: {reason}"
+            record.update(status="failed", reason=reason)
+        gc.collect()  # what the slide left that is garbage is not its memory
+    record.update(rss_before_mb=round(rss.before, 1), rss_peak_mb=round(rss.peak, 1),
+                  rss_after_mb=round(rss.after, 1))
     record["task_seconds"] = round(time.perf_counter() - start, 3)
     record["finished"] = _now()
     return record

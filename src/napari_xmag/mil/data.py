@@ -12,19 +12,16 @@ Two CSV formats, told apart by their header:
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .._json import json_safe
+from .._json import write_json
 from ..features import FeatureFileError, FeatureSet, read_features
 from ..slide_list import SLIDE_SUFFIXES
-from ..writers._atomic import atomic_path
 
 __all__ = [
     "LabelTable",
@@ -224,12 +221,3 @@ def stratified_folds(
         raise MILError(f"{n_groups} slides are fewer than the {folds} folds; lower --folds")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(y)), y, groups))
-
-
-def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write JSON atomically (temporary sibling, then rename); NaN is written as null."""
-    path = Path(path)
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
-        json.dump(json_safe(data), f, indent=2, allow_nan=False)
-        f.write("\n")
-    return path
