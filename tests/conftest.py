@@ -91,6 +91,14 @@ def pyramid_path(tmp_path_factory: pytest.TempPathFactory, cmu1_rgb: np.ndarray)
     return write_aperio_pyramid(path, 3200, 2400, mirrored_source(cmu1_rgb), mpp=0.5, app_mag=20)
 
 
+@pytest.fixture(autouse=True)
+def _no_replace_dialogs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test never waits on a "replace it?" dialog: the user says no unless a test says yes."""
+    from napari_xmag._widgets import _common
+
+    monkeypatch.setattr(_common, "confirm_replace", lambda path, reason: False)
+
+
 @pytest.fixture()
 def xmag_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private user cache, so tests never touch the real one."""

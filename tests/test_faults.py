@@ -42,8 +42,8 @@ STEP_TIMEOUT = 180  # seconds for any one wait; a loaded 2-core machine is slow,
 # argv[2] "dir" builds a folder (a zarr store, a model), anything else a file.
 WRITER = """
 import sys, time
-from napari_xmag.writers._atomic import atomic_path
-with atomic_path(sys.argv[1]) as tmp:
+from napari_xmag._atomic import OutputKind, atomic_path
+with atomic_path(sys.argv[1], OutputKind("test output", lambda p: True)) as tmp:
     if sys.argv[2] == "dir":
         tmp.mkdir()
         tmp = tmp / "zarr.json"
@@ -113,8 +113,11 @@ def _hidden(folder: Path) -> list[Path]:
 
 # ---- the helper every writer uses ---------------------------------------------------------------
 def test_stale_temporaries_of_dead_writers_go_and_no_one_elses(tmp_path) -> None:
-    """A dead writer's temporary is removed; a live writer's, or another target's, is kept."""
-    from napari_xmag.writers._atomic import atomic_path, remove_stale_parts
+    """A dead writer's temporary is removed; a live writer's, another target's, or a folder
+    that merely has a temporary's name (no owner record) is kept."""
+    from napari_xmag._atomic import OutputKind, atomic_path, remove_stale_parts
+
+    ours = OutputKind("test output", lambda p: True)
 
     out = tmp_path / "out"
     live = subprocess.Popen([sys.executable, "-c", WRITER, str(out / "a.h5"), "file"], stdin=subprocess.PIPE,
@@ -124,14 +127,14 @@ def test_stale_temporaries_of_dead_writers_go_and_no_one_elses(tmp_path) -> None
         (live_part,) = out.glob(".a.h5.*.part")
         dead = _killed_writer(out / "a.h5")  # (a writer's start removes the dead: this one came after)
         other = _killed_writer(out / "a.h5.zarr", "dir")  # another output whose name starts alike
-        # an older version's temporary has no owner file: stale once it is old
+        # folders with a temporary's name but no owner record are not ours, however old
         unowned_old, unowned_new = out / ".a.h5.abcd1234.part", out / ".a.h5.wxyz6789.part"
         unowned_old.mkdir(), unowned_new.mkdir()
         os.utime(unowned_old, (time.time() - 3600,) * 2)
 
-        assert sorted(remove_stale_parts(out / "a.h5")) == sorted([dead, unowned_old])
-        assert live_part.exists() and other.exists() and unowned_new.exists()
-        with atomic_path(out / "a.h5") as tmp:  # a concurrent writer of the same file is not disturbed
+        assert remove_stale_parts(out / "a.h5") == [dead]
+        assert live_part.exists() and other.exists() and unowned_new.exists() and unowned_old.exists()
+        with atomic_path(out / "a.h5", ours) as tmp:  # a concurrent writer of the same file is not disturbed
             tmp.write_bytes(b"mine")
         assert live_part.exists() and (out / "a.h5").read_bytes() == b"mine"
 
@@ -144,7 +147,7 @@ def test_stale_temporaries_of_dead_writers_go_and_no_one_elses(tmp_path) -> None
             live.wait()
     assert (out / "a.h5").read_bytes() == b"a whole file" and not live_part.exists()
     remove_stale_parts(out / "a.h5.zarr")
-    assert _hidden(out) == [unowned_new]
+    assert _hidden(out) == sorted([unowned_old, unowned_new])
 
 
 # ---- xmag embed -------------------------------------------------------------------------------

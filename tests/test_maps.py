@@ -244,9 +244,9 @@ def test_saved_probes(tmp_path) -> None:
     path = maps.save_probe(probe, tmp_path / "probe.npz")
     loaded = maps.load_probe(path)
     np.testing.assert_allclose(loaded.predict_proba(fs.features), probe.predict_proba(fs.features), atol=1e-6)
-    joblib.dump(probe, tmp_path / "probe.joblib")
+    joblib.dump(probe, tmp_path / "probe.joblib")  # a pickle: loaded only when trusted (test_safety)
     for p in (path, tmp_path / "probe.joblib"):
-        heat, _ = maps.probe_maps(fs, p)
+        heat, _ = maps.probe_maps(fs, p, trust_pickle=True)
         assert heat.classes == ["stroma", "tumour"]
         np.testing.assert_allclose(heat.data.sum(axis=0), 1.0, atol=1e-6)
     wide = feature_set(fs.coords, np.zeros((36, 32)), patch=100, stride=100)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,17 +25,3 @@ def json_safe(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``json_safe(data)`` atomically (temporary sibling, flushed to disk, then renamed):
-    a reader, or a run killed meanwhile, sees the old file or the new one."""
-    from .writers._atomic import atomic_path  # here: writers imports maps, which imports us
-
-    path = Path(path)
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
-        json.dump(json_safe(data), f, indent=2, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return path

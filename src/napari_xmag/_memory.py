@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import threading
 from typing import Any
 
 MB = 1 << 20
+GB = 1 << 30
+_BUDGET_ENV = "XMAG_MEMORY_BUDGET_MB"
 
 
 @functools.cache
@@ -61,3 +64,41 @@ class RssSampler:
         self._thread.join()
         self.after = rss_mb()
         self.peak = max(self.peak, self.after)
+
+
+def memory_budget() -> int:
+    """Bytes one input may make us allocate: ``XMAG_MEMORY_BUDGET_MB``, else half the RAM.
+
+    Sizes a file declares (an h5 dataset's shape, a slide's level) are checked against it before
+    anything is allocated, so that a small file claiming a huge array is refused, not obeyed.
+    """
+    env = os.environ.get(_BUDGET_ENV)
+    if env:
+        with contextlib.suppress(ValueError):
+            return max(1, int(float(env) * MB))
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total // 2)
+    except (ImportError, OSError):  # pragma: no cover - psutil comes with distributed
+        return 8 * GB
+
+
+def too_big(nbytes: float) -> str | None:
+    """Why an allocation of ``nbytes`` is refused, or None when it fits the budget."""
+    budget = memory_budget()
+    if nbytes <= budget:
+        return None
+    return (f"it would need {format_size(nbytes)} of memory, more than the budget of {format_size(budget)}"
+            f" (half the RAM; set {_BUDGET_ENV} to change it)")
+
+
+def format_size(n: float) -> str:
+    """``2411724800 -> "2.2 GiB"``: a byte count for people."""
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"

@@ -30,11 +30,17 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] 
     try:
         import openslide
 
+        from ._paths import file_problem
         from .slide import damage_reason, not_brightfield_reason
 
         for p in paths:
             suffix = Path(p).suffix.lower()
             if suffix not in SLIDE_SUFFIXES:
+                return None
+            problem = file_problem(p)
+            if problem is not None:  # a pipe would block OpenSlide (and napari) forever
+                if suffix in SLIDE_ONLY_SUFFIXES and problem.startswith("is a ") and "folder" not in problem:
+                    continue  # a pipe or device with a slide's name: claimed, so reading it says what it is
                 return None
             if openslide.OpenSlide.detect_format(p) is None:
                 if suffix in SLIDE_ONLY_SUFFIXES and Path(p).is_file() and damage_reason(p):

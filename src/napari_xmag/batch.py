@@ -11,9 +11,11 @@ process per slot, one thread each); with an address or a cluster object (a dask-
 :func:`napari_xmag.embed.embed_slide`, so a batch writes the same files as ``xmag embed``.
 
 ``OUT/manifest.json`` records the run (model, weights and their sha256, settings) and one entry
-per slide (status, reason, output, patches, times, worker, attempts, memory); it is rewritten
-atomically after every finished slide. A slide that fails, or whose worker dies, becomes a
-``failed`` entry and the batch goes on; a rerun skips what is done and retries the rest.
+per slide (status, reason, output, patches, times, worker, attempts, memory); it is written at
+the start and the end of a run, and every finished slide is appended to its journal in between
+(:mod:`napari_xmag.manifest`: crash-safe, and shared safely by runs into one folder). A slide
+that fails, or whose worker dies, becomes a ``failed`` entry and the batch goes on; a rerun
+skips what is done and retries the rest.
 
 ``distributed`` is imported inside the functions that need it; torch only on the workers.
 """
@@ -21,6 +23,7 @@ atomically after every finished slide. A slide that fails, or whose worker dies,
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import socket
@@ -34,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._json import json_safe, write_json
+from ._atomic import check_output_folder, remove_stale_parts
+from ._json import json_safe
 from ._memory import RssSampler
-from .embed import EmbedSettings, check_output_folder
-from .features import feature_path
+from .embed import EmbedSettings
+from .features import unique_feature_paths
+from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, STATUSES, RunManifest, read_manifest
 from .slide_list import SlideEntry, find_slides
 
 __all__ = [
@@ -52,12 +57,9 @@ __all__ = [
     "run_batch",
 ]
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "napari-xmag-batch"
-MANIFEST_VERSION = 1
-#: Final statuses of a slide. ``pending`` appears only in the manifest of a run still going
-#: (or whose client was killed): it is redone by the next run, as ``failed`` is.
-STATUSES = ("done", "skipped", "failed")
+#: Final statuses of a slide (:data:`napari_xmag.manifest.STATUSES`). ``pending`` appears only
+#: in the manifest of a run still going (or whose client was killed): it is redone by the next
+#: run, as ``failed`` is.
 _REASON_CHARS = 400
 _MODEL_KEYS = ("model", "weights_source", "weights_sha256", "weights_random", "embed_dim")
 
@@ -124,32 +126,6 @@ class BatchResult:
         seconds = self.manifest.get("seconds")
         took = f" in {seconds:.1f} s" if seconds is not None else ""
         return f"{len(self.slides)} slides: {parts}{took}; manifest: {self.manifest_path}"
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A batch manifest, from its file or from the batch's output folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BatchError(f"{path}: no batch manifest here") from None
-    except (OSError, ValueError) as err:
-        raise BatchError(f"{path}: not a readable batch manifest ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise BatchError(f"{path}: not a napari-xmag batch manifest")
-    return manifest
-
-
-def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Atomically: a reader (or a killed client) sees the old manifest or the new one."""
-    counts = dict.fromkeys((*STATUSES, "pending"), 0)
-    for slide in manifest["slides"]:
-        if slide.get("in_run", True):
-            counts[slide["status"]] = counts.get(slide["status"], 0) + 1
-    manifest["counts"] = counts
-    write_json(path, manifest)
 
 
 def _now() -> str:
@@ -325,13 +301,18 @@ def run_batch(
     model, weights = os.fspath(model), os.fspath(weights)
     needs = parse_resources(resources)
     found = find_slides(slides)
-    outputs = _unique_outputs(found, out_dir, fmt)
+    try:
+        outputs = unique_feature_paths([s.path for s in found], out_dir, fmt)
+    except ValueError as err:
+        raise BatchError(str(err)) from None
     _check_model(model, weights)
     if local_workers is not None and local_workers < 1:
         raise BatchError(f"local workers must be at least 1, not {local_workers}")
     check_output_folder(out_dir)  # OutputError before any cluster starts
+    run_id = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    log = RunManifest(out_dir, run_id, overwrite=overwrite)  # a foreign manifest.json: refused now
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST_NAME
+    manifest_path = log.path
 
     identity = {
         "model": model, "weights": weights, "weights_fingerprint": _weights_fingerprint(model, weights),
@@ -340,27 +321,28 @@ def run_batch(
         "tissue_threshold": settings.tissue_threshold, "mpp_override": settings.mpp_override,
         "precision": settings.precision, "tokens": settings.tokens, "format": fmt,
     }
-    previous = _previous_manifest(manifest_path, identity)
+    settings_id = _settings_id(identity)
+    previous = log.previous()
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "xmag_version": __version__,
         "started": _now(), "finished": None, "seconds": None, "interrupted": False, "out_dir": str(out_dir),
         "model": None, "model_ref": model, "weights": weights, "weights_source": None,
         "weights_sha256": None, "weights_random": None, "embed_dim": None,
-        "settings": identity,
+        "run": run_id, "settings": identity, "settings_id": settings_id,
         "options": {"batch_size": settings.batch_size, "reader_threads": settings.workers,
                     "device": settings.device, "overwrite": overwrite},
         "cluster": None, "counts": {}, "slides": [],
     }
-    if previous is not None:  # same settings: what is known of the model carries over
-        for key in _MODEL_KEYS:
+    if previous is not None and _settings_id(previous.get("settings")) == settings_id:
+        for key in _MODEL_KEYS:  # same settings: what is known of the model carries over
             manifest[key] = previous.get(key)
 
     entries_by_path: dict[str, dict[str, Any]] = {}
     todo: list[tuple[SlideEntry, Path]] = []
     for slide, output in zip(found, outputs, strict=True):
-        entry = _entry(slide, output)
+        entry = _entry(slide, output, run_id, settings_id)
         old = _previous_entry(previous, slide)
-        if old is not None and _still_done(old, slide, output):
+        if old is not None and _still_done(old, slide, output, settings_id, previous):
             when = old.get("finished")  # None: skipped by the client then too; keep its reason
             reason = f"done by an earlier run ({when})" if when else old.get("reason")
             entry.update(status="skipped", reason=reason,
@@ -370,13 +352,7 @@ def run_batch(
             todo.append((slide, output))
         entries_by_path[str(slide.path)] = entry
     manifest["slides"] = list(entries_by_path.values())
-    if previous is not None:  # earlier runs' other slides stay listed while their settings hold
-        manifest["slides"] += [
-            {**s, "in_run": False} for s in previous.get("slides", [])
-            if s.get("path") not in entries_by_path and s.get("status") in ("done", "skipped")
-            and s.get("output") and Path(s["output"]).exists()
-        ]
-    _write_manifest(manifest_path, manifest)
+    log.write(manifest)  # merged with what earlier (and concurrent) runs recorded
     if on_slide is not None:
         for entry in manifest["slides"]:
             if entry.get("in_run", True) and entry["status"] == "skipped":
@@ -386,7 +362,7 @@ def run_batch(
     try:
         if todo:
             _run_tasks(
-                todo, out_dir, manifest, manifest_path, entries_by_path, model=model, weights=weights,
+                todo, out_dir, manifest, log, entries_by_path, model=model, weights=weights,
                 settings=settings, fmt=fmt, overwrite=overwrite, scheduler=scheduler, client=client,
                 local_workers=local_workers, needs=needs, torch_threads=torch_threads, on_slide=on_slide,
             )
@@ -400,23 +376,21 @@ def run_batch(
                              if interrupted else "the batch stopped before this slide finished")
         seconds = round(time.perf_counter() - start, 3)
         manifest.update(finished=_now(), seconds=seconds, interrupted=interrupted)
-        _write_manifest(manifest_path, manifest)
+        for entry in entries_by_path.values():
+            entry["updated"] = time.time_ns()  # this run's final word on its slides
+        log.write(manifest)
     return BatchResult(manifest_path, manifest)
 
 
-def _unique_outputs(entries: Sequence[SlideEntry], out_dir: Path, fmt: str) -> list[Path]:
-    outputs = [feature_path(out_dir, s.path, fmt) for s in entries]
-    seen: dict[Path, Path] = {}
-    for slide, output in zip(entries, outputs, strict=True):
-        if output in seen:
-            raise BatchError(f"{seen[output]} and {slide.path} would both be written to {output};"
-                             " rename one, or run them into different --out folders")
-        seen[output] = slide.path
-    return outputs
+def _settings_id(identity: Any) -> str:
+    """A short digest of a run's settings: entries of runs with the same one are interchangeable."""
+    text = json.dumps(json_safe(identity), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _entry(slide: SlideEntry, output: Path) -> dict[str, Any]:
+def _entry(slide: SlideEntry, output: Path, run_id: str, settings_id: str) -> dict[str, Any]:
     return {
+        "run": run_id, "settings_id": settings_id, "updated": time.time_ns(),
         "name": slide.path.name, "path": str(slide.path), "mpp_override": slide.mpp_override,
         "status": "pending", "reason": None, "output": str(output), "output_stat": None, "patches": None,
         "seconds": None, "task_seconds": None, "load_model_seconds": None, "queued": None, "started": None,
@@ -425,31 +399,19 @@ def _entry(slide: SlideEntry, output: Path) -> dict[str, Any]:
     }
 
 
-def _previous_manifest(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest of an earlier run in the folder, if it was made with the same settings."""
-    if not path.exists():
-        return None
-    try:
-        previous = read_manifest(path)
-    except BatchError as err:
-        warnings.warn(f"{err}; it is replaced, and every slide is handed to the workers", stacklevel=3)
-        return None
-    same = json.dumps(json_safe(previous.get("settings")), sort_keys=True) == json.dumps(
-        json_safe(identity), sort_keys=True
-    )
-    return previous if same else None
-
-
 def _previous_entry(previous: dict[str, Any] | None, slide: SlideEntry) -> dict[str, Any] | None:
     if previous is None:
         return None
     return next((s for s in previous.get("slides", []) if s.get("path") == str(slide.path)), None)
 
 
-def _still_done(old: dict[str, Any], slide: SlideEntry, output: Path) -> bool:
+def _still_done(old: dict[str, Any], slide: SlideEntry, output: Path, settings_id: str,
+                previous: dict[str, Any]) -> bool:
     """An earlier run finished this slide with these settings and its output is untouched."""
+    made_with = old.get("settings_id") or _settings_id(previous.get("settings"))  # older manifests
     return (
-        old.get("status") in ("done", "skipped")
+        made_with == settings_id
+        and old.get("status") in ("done", "skipped")
         and old.get("output") == str(output)
         and old.get("mpp_override") == slide.mpp_override
         and old.get("output_stat") is not None
@@ -461,7 +423,7 @@ def _run_tasks(
     todo: list[tuple[SlideEntry, Path]],
     out_dir: Path,
     manifest: dict[str, Any],
-    manifest_path: Path,
+    log: RunManifest,
     entries: dict[str, dict[str, Any]],
     *,
     model: str,
@@ -496,25 +458,20 @@ def _run_tasks(
                                    priority=-i)
             futures[future] = (slide, output)
             entries[str(slide.path)]["queued"] = _now()
-        _write_manifest(manifest_path, manifest)
-        finished = as_completed(list(futures))
-        for future in finished:
+        for future in as_completed(list(futures)):
             entry = _record(future, futures.pop(future), client, manifest, entries)
-            if not finished.has_ready():  # a burst of finished slides is written once
-                _write_manifest(manifest_path, manifest)
+            log.record(entry)  # one line appended: the manifest itself is rewritten at the end
             if on_slide is not None:
                 on_slide(entry)
     except KeyboardInterrupt:
         for future in [f for f in futures if f.done()]:  # finished meanwhile: keep what they did
-            _record(future, futures.pop(future), client, manifest, entries)
+            log.record(_record(future, futures.pop(future), client, manifest, entries))
         raise
     finally:
         for future in futures:
             future.cancel()
         for close in closers:
             close()
-        from .writers._atomic import remove_stale_parts
-
         for _, output in todo:  # what killed workers left; a live writer's part is kept
             remove_stale_parts(output)
 

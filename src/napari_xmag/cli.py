@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     compare.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"])
     compare.add_argument("--no-progress", action="store_true")
+    compare.add_argument("--overwrite", action="store_true",
+                         help="replace a report.json / compare.h5 in OUT that is not a comparison of ours")
     compare.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: small models
     compare.set_defaults(func=_cmd_compare)
 
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-patches-per-slide", type=int, default=1000, metavar="N",
                     help="probe with slide labels: at most N random patches per slide (default: 1000)")
     ev.add_argument("--device", default="cpu", help="ABMIL device (default: cpu)")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace files in OUT (report.json, attention/, abmil/) that napari-xmag did not write")
     ev.set_defaults(func=_cmd_eval)
 
     ft = sub.add_parser(
@@ -205,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--log-every", type=int, default=None, metavar="STEPS")
     distill.add_argument("--resume", action="store_true",
                          help="continue from OUT/checkpoint.pt (from step 0 when there is none yet)")
+    distill.add_argument("--overwrite", action="store_true",
+                         help="start again in an OUT that holds an earlier run (its outputs are replaced;"
+                         " other files there are left alone)")
     distill.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     distill.set_defaults(func=_cmd_distill)
 
@@ -223,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--clusters", type=int, default=8, help="k-means K (default: 8)")
     maps.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
     maps.add_argument("--probe", type=Path, default=None, metavar="FILE",
-                      help="a probe: .npz (napari_xmag.maps.save_probe) or a scikit-learn .joblib")
+                      help="a probe: .npz (napari_xmag.maps.save_probe) or a scikit-learn .skops")
     maps.add_argument("--comparison", type=Path, default=None, metavar="DIR", help="an xmag compare folder")
     maps.add_argument("--attention", type=Path, default=None, metavar="FILE",
                       help="an attention h5 (coords, attention), e.g. from xmag eval")
@@ -231,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="percentile (rank in [0, 1], default), attention or logits")
     maps.add_argument("--slide-mpp", type=float, default=None, metavar="UM",
                       help="the slide's level-0 µm/px, for features files that do not record it")
+    maps.add_argument("--trust-pickle", action="store_true",
+                      help="load a .joblib/.pkl probe: a pickle runs code when loaded, so only one you made")
+    maps.add_argument("--overwrite", action="store_true",
+                      help="replace what is at OUT even if napari-xmag did not write it")
     maps.set_defaults(func=_cmd_maps)
 
     demo = sub.add_parser(
@@ -276,7 +287,8 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="h5", choices=["h5", "zarr"])
     parser.add_argument("--tokens", action="store_true", help="also keep patch-token grids (zarr)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace feature files made with other settings")
+                        help="replace what is at an output: feature files made with other settings or"
+                        " from another slide, and files napari-xmag did not write")
 
 
 def _embed_settings(args: argparse.Namespace) -> Any:
@@ -301,6 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"xmag {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError:
+        if os.environ.get("XMAG_DEBUG"):
+            raise
+        print(f"xmag {args.command}: error: out of memory; nothing was written (XMAG_MEMORY_BUDGET_MB"
+              " bounds what one input may allocate)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"xmag {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -308,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the input's fault: one line, non-zero exit, no traceback."""
-    from .embed import EmbedCancelled, OutputError
+    from ._atomic import OutputError
+    from .embed import EmbedCancelled
     from .features import FeatureFileError
 
     errors: list[type[BaseException]] = [EmbedCancelled, FeatureFileError, OutputError, ValueError]
@@ -382,10 +401,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from .embed import check_output_folder, embed_slide, prepare_model
+    from ._atomic import check_output_folder
+    from .embed import embed_slide, prepare_model
+    from .features import unique_feature_paths
     from .models import create_model
 
     check_output_folder(args.out)  # before the model is built or any slide read
+    unique_feature_paths(args.slides, args.out, args.format)  # two slides, one output: refused now
 
     settings = _embed_settings(args)
     # converted once, and the fp32 weights let go (-340 MB for int8)
@@ -431,10 +453,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_slide, parse_roi
+    from .compare import check_comparison_folder, compare_slide, parse_roi
     from .models import create_model
 
     roi = parse_roi(args.roi)  # a malformed ROI fails before any model is built
+    check_comparison_folder(args.out, args.overwrite)  # so does an output that is not ours
     student = create_model(args.student, weights=args.student_weights, tiny=args.tiny)
     teacher = create_model(args.teacher, weights=args.teacher_weights, tiny=args.tiny)
     for side, model in (("student", student), ("teacher", teacher)):
@@ -444,7 +467,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         args.slide, student, teacher, args.out, roi, clusters=args.clusters, mapping=args.mapping,
         tissue_threshold=args.tissue_threshold, mpp_override=args.mpp_override,
         batch_size=args.batch_size, workers=args.workers, device=args.device,
-        precision=args.precision, progress=not args.no_progress,
+        precision=args.precision, progress=not args.no_progress, overwrite=args.overwrite,
     )
     print(result.summary())
     return 0
@@ -456,7 +479,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     abmil = ABMILSettings(epochs=args.epochs, lr=args.lr, device=args.device)
     report = run_eval(args.csv, args.features, args.out, method=args.method, folds=args.folds,
                       seed=args.seed, abmil=abmil, max_patches_per_slide=args.max_patches_per_slide,
-                      log=print)
+                      log=print, overwrite=args.overwrite)
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"{report['slides']} slides, {len(report['classes'])} classes, {args.folds} folds"
@@ -507,7 +530,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         config = TrainConfig(**options)
     else:
         raise ValueError("give SLIDES and --out (or a --config that names them)")
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     if result.rank != 0:  # the other ranks of a torchrun launch stay quiet
         return 0
     if result.export_dir is None:
@@ -524,16 +547,23 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _cmd_maps(args: argparse.Namespace) -> int:
     import time
 
+    from ._atomic import check_target
     from .maps import make_maps, read_attention_values
     from .writers import save_maps
+    from .writers.geojson import GEOJSON_KIND
+    from .writers.ome_zarr import MAP_STORE_KIND
 
     start = time.perf_counter()
+    _check_not_an_input(args.out, args.features, args.probe, args.comparison, args.attention)
+    kind = GEOJSON_KIND if str(args.out).lower().endswith(".geojson") else MAP_STORE_KIND
+    check_target(args.out, kind, args.overwrite)  # before any map is computed
     attention = read_attention_values(args.attention, args.attention_values) if args.attention else None
     maps = make_maps(
         args.features, args.kind, clusters=args.clusters, seed=args.seed, probe=args.probe,
         comparison=args.comparison, attention=attention, slide_mpp=args.slide_mpp,
+        trust_pickle=args.trust_pickle,
     )
-    out = save_maps(args.out, maps)
+    out = save_maps(args.out, maps, overwrite=args.overwrite)
     if any(m.metadata.get("weights_random") for m in maps):
         print("warning: RANDOM WEIGHTS: the features carry no meaning, nor does the map", file=sys.stderr)
     for m in maps:
@@ -541,6 +571,19 @@ def _cmd_maps(args: argparse.Namespace) -> int:
         print(f"{m.name}: {m.kind} {shape}, {m.scale[1]:.4g} µm per cell")
     print(f"-> {out} ({time.perf_counter() - start:.2f} s)")
     return 0
+
+
+def _check_not_an_input(out: Path, *inputs: Path | None) -> None:
+    """An output path that is one of the command's inputs (or holds one) is refused, always."""
+    target = out.absolute()
+    for given in inputs:
+        if given is None:
+            continue
+        source = given.absolute()
+        if os.path.lexists(target) and os.path.lexists(source) and (
+            os.path.samefile(target, source) or source.is_relative_to(target)
+        ):
+            raise ValueError(f"{out}: is the input {given}; write the output elsewhere")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

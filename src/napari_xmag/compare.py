@@ -34,7 +34,7 @@ from . import __version__
 from .embed import NoTissueError, embed_patches, iter_patch_batches
 from .features import FeatureFileError
 from .slide import MissingMppError, Slide, SlideError
-from .writers._atomic import atomic_path
+from ._atomic import OutputKind, atomic_path, check_output_folder, check_target, json_kind, read_small_json
 
 __all__ = [
     "ComparisonFileError",
@@ -63,6 +63,26 @@ RIDGE_MIN_CV = 3
 RIDGE_FIXED_ALPHA = 1.0
 #: Side, in 5x patches, of the checkerboard squares that split train from held-out patches.
 SPLIT_BLOCK = 4
+#: The two files of a comparison folder, and how each is known to be ours.
+REPORT_KIND = json_kind("comparison report", FORMAT)
+
+
+def _is_arrays_file(path: Path) -> bool:
+    """An h5 of ours: its ``format`` attribute, or (older files) the report it carries."""
+    try:
+        import h5py
+
+        if not path.is_file() or path.is_symlink():
+            return False
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") == FORMAT:
+                return True
+            return json.loads(str(f.attrs.get("report", "{}"))).get("format") == FORMAT
+    except Exception:  # any file at all: not ours
+        return False
+
+
+ARRAYS_KIND = OutputKind("comparison arrays file", _is_arrays_file)
 
 
 class RoiError(SlideError):
@@ -306,6 +326,7 @@ def compare_slide(
     seed: int = 0,
     progress: bool | Callable[[int, int], None] = True,
     cancel: threading.Event | None = None,
+    overwrite: bool = False,
 ) -> ComparisonResult:
     """Embed the same tissue with ``student`` (5x patches) and ``teacher`` (20x crops); compare.
 
@@ -316,7 +337,8 @@ def compare_slide(
     (the head when it is a trained one that outputs the teacher's width, else ridge).
     ``progress`` is True (bars), False, or ``callable(done, total)`` over student patches plus
     teacher crops. ``cancel`` stops between batches (EmbedCancelled) and nothing is written.
-    Writes ``out_dir/compare.h5`` and ``out_dir/report.json`` atomically.
+    Writes ``out_dir/compare.h5`` and ``out_dir/report.json`` atomically; files of those names
+    that are not a comparison of ours are refused before any work, unless ``overwrite``.
     """
     from .tiling import pair_geometry, patch_grid, tissue_mask
 
@@ -326,6 +348,7 @@ def compare_slide(
         raise ValueError(f"clusters must be at least 1, got {clusters}")
     roi = parse_roi(roi)
     method = _choose_mapping(mapping, student, teacher)
+    check_comparison_folder(out_dir, overwrite)
     slide_path = Path(slide_path)
 
     # Tiling is shared: both sides need the same 5x grid (the teacher's crops hang from it).
@@ -452,7 +475,7 @@ def compare_slide(
         student_clusters=s_labels,
         teacher_clusters=t_labels,
     )
-    write_comparison(result)
+    write_comparison(result, overwrite=overwrite)
     return result
 
 
@@ -543,7 +566,16 @@ _ARRAYS = (
 )
 
 
-def write_comparison(result: ComparisonResult) -> Path:
+def check_comparison_folder(out_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """Refuse, before any work, an output folder whose ``report.json`` or ``compare.h5`` is not a
+    comparison of ours (unless ``overwrite``); other files there are never touched."""
+    out = Path(out_dir)
+    check_output_folder(out)
+    check_target(out / REPORT_NAME, REPORT_KIND, overwrite)
+    check_target(out / ARRAYS_NAME, ARRAYS_KIND, overwrite)
+
+
+def write_comparison(result: ComparisonResult, *, overwrite: bool = False) -> Path:
     """Write ``compare.h5`` then ``report.json``, each to a temporary sibling renamed into place.
 
     ``report.json`` goes last and is removed first, so a folder with a report has the arrays
@@ -554,30 +586,32 @@ def write_comparison(result: ComparisonResult) -> Path:
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result.report, indent=2, allow_nan=False)
+    check_comparison_folder(out, overwrite)  # both files, before either is touched
     (out / REPORT_NAME).unlink(missing_ok=True)
-    with atomic_path(out / ARRAYS_NAME) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(out / ARRAYS_NAME, ARRAYS_KIND, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
         for name in _ARRAYS:
             f.create_dataset(name, data=getattr(result, name))
         f.attrs["report"] = text  # the h5 file describes itself too
-    with atomic_path(out / REPORT_NAME) as tmp:
+    with atomic_path(out / REPORT_NAME, REPORT_KIND, overwrite=overwrite) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
     return out
 
 
 def read_comparison(out_dir: str | os.PathLike[str]) -> ComparisonResult:
     """Read a folder written by :func:`compare_slide` back into a :class:`ComparisonResult`."""
-    import h5py
+    from .formats import h5
 
     out = Path(out_dir)
     report_path, arrays_path = out / REPORT_NAME, out / ARRAYS_NAME
     if not report_path.is_file() or not arrays_path.is_file():
         raise ComparisonFileError(f"{out}: not a finished comparison (needs {REPORT_NAME} and {ARRAYS_NAME})")
+    report = read_small_json(report_path)
+    if not isinstance(report, dict) or report.get("format") != FORMAT:
+        raise ComparisonFileError(f"{out}: not a readable comparison ({REPORT_NAME} is not a report of ours)")
     try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-        if report.get("format") != FORMAT:
-            raise ValueError(f"format is {report.get('format')!r}, not {FORMAT!r}")
-        with h5py.File(arrays_path, "r") as f:
-            arrays = {name: f[name][()] for name in _ARRAYS}
+        with h5.open_h5(arrays_path, ComparisonFileError, "comparison arrays file") as f:
+            arrays = {name: h5.read(f, name, arrays_path, ComparisonFileError) for name in _ARRAYS}
     except (OSError, KeyError, ValueError) as err:
         raise ComparisonFileError(f"{out}: not a readable comparison ({err})") from None
     return ComparisonResult(out_dir=out, report=report, **arrays)

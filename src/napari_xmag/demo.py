@@ -155,7 +155,7 @@ def run_demo(
     (level-0 x, y, w, h) or a box of :data:`TEACHER_ROI_PATCHES` tissue patches.
     """
     from .embed import EmbedSettings, embed_slide
-    from .features import read_features
+    from .features import feature_path, is_features_file, read_features
     from .maps import kmeans_map, pca_map
     from .sample import sample_slide_path
     from .writers import write_geojson, write_ome_zarr
@@ -176,7 +176,9 @@ def run_demo(
 
     features_dir = out / (f"features-{RANDOM_TAG}" if random_w else "features")
     settings = EmbedSettings(device=device, workers=2)
-    embedded = embed_slide(slide, student, features_dir, settings, overwrite=True, progress=progress,
+    # The demo's own features of other settings are replaced; anything else there is refused.
+    ours = is_features_file(feature_path(features_dir, slide))
+    embedded = embed_slide(slide, student, features_dir, settings, overwrite=ours, progress=progress,
                            cancel=cancel)
     data = read_features(embedded.output)
     embed_seconds = embedded.seconds if not embedded.skipped else float(data.attrs.get("seconds", 0.0))

@@ -6,13 +6,10 @@ hides behind the forward pass; the forward runs under ``torch.inference_mode``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import errno
 import logging
-import math
 import os
-import re
 import shutil
 import threading
 import time
@@ -26,11 +23,27 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._memory import return_freed_memory
+from ._atomic import (
+    OutputError,
+    OutputExistsError,
+    check_output_folder,
+    check_target,
+    existing_ancestor,
+    output_error,
+    remove_stale_parts,
+)
+from ._memory import format_size, return_freed_memory
 from ._progress import progress_bar
-from .features import FeatureSet, feature_path, read_features, settings_differ, write_features
+from .features import (
+    FEATURES_KIND,
+    FeatureSet,
+    feature_path,
+    is_features_file,
+    read_header,
+    settings_differ,
+    write_features,
+)
 from .slide import Slide, SlideError, parse_mpp
-from .writers._atomic import remove_stale_parts
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +77,6 @@ class NoTissueError(SlideError):
 
 class SlideTooSmallError(NoTissueError):
     """The slide is so small against one patch that no patch can hold enough of it to embed."""
-
-
-class OutputError(OSError):
-    """The output cannot be written (not writable, read-only, no space left); says where and why.
-
-    ``OutputError(errno.ENOSPC, message)``: ``errno`` is kept, ``str()`` is the message alone.
-    """
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 @dataclass(frozen=True)
@@ -311,8 +314,10 @@ def embed_slide(
 ) -> SlideEmbedding:
     """Embed the tissue of one slide into ``out_dir/<stem>.h5``; skip it if already done.
 
-    A finished file made with the same settings is kept and reported as skipped; one made
-    with other settings is an error unless ``overwrite``. Nothing is written on failure.
+    A finished file of ours made from the same slide with the same settings is kept and
+    reported as skipped. Anything else at the output (a file of ours from another slide or with
+    other settings, a file that is not ours) is an error unless ``overwrite``. Nothing is
+    written on failure.
     """
     from .tiling import patch_grid, tissue_mask
 
@@ -334,17 +339,9 @@ def embed_slide(
         slide.check_readable()
         _check_patch_fits(slide, settings)
         run_attrs = run_attributes(slide, model, settings)
-        if output.exists():
-            existing = read_features(output)
-            differ = settings_differ(existing.attrs, _settings_keys(run_attrs))
-            if not differ:
-                return SlideEmbedding(slide_path, output, len(existing), 0.0, skipped=True)
-            if not overwrite:
-                what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
-                raise SlideError(
-                    f"{output}: exists, made with other settings ({what}); pass --overwrite or"
-                    " choose another --out"
-                )
+        done = finished_patches(output, run_attrs, overwrite)
+        if done is not None:
+            return SlideEmbedding(slide_path, output, done, 0.0, skipped=True)
         mask = tissue_mask(slide)
         grid = patch_grid(
             slide,
@@ -373,41 +370,63 @@ def embed_slide(
     seconds = time.perf_counter() - start
     run_attrs["seconds"] = round(seconds, 3)
     try:
-        write_features(output, FeatureSet(grid.coords, features, run_attrs, coords_attrs, tokens))
+        write_features(output, FeatureSet(grid.coords, features, run_attrs, coords_attrs, tokens),
+                       overwrite=overwrite)
     except (OSError, RuntimeError) as err:  # h5py reports a failed write as RuntimeError
-        clear = _output_error(output, err)
+        clear = output_error(output, err, "the features file")
         if clear is None:
             raise
         raise clear from err
     return SlideEmbedding(slide_path, output, len(grid), seconds)
 
 
+def finished_patches(output: Path, run_attrs: dict[str, Any], overwrite: bool = False) -> int | None:
+    """The patch count of a finished output this run keeps as it is, or None to (re)write it.
+
+    Kept: a features file of ours made from the same slide (size and content fingerprint)
+    with the same settings. Anything else at ``output`` raises, naming what is there, unless
+    ``overwrite``. Reads the file's header only, not its features.
+    """
+    if not check_target(output, FEATURES_KIND, overwrite) or not is_features_file(output):
+        return None  # nothing there, or something not ours that ``overwrite`` replaces
+    header = read_header(output)
+    other = _other_slide(header.attrs, run_attrs)
+    if other:
+        if overwrite:
+            return None
+        raise OutputExistsError(
+            errno.EEXIST,
+            f"{output}: holds the features of another slide ({other}), not of {run_attrs['slide_path']};"
+            " choose another --out (slides with the same name need separate folders), or pass --overwrite",
+        )
+    differ = settings_differ(header.attrs, _settings_keys(run_attrs))
+    if not differ:
+        return len(header.coords)
+    if overwrite:
+        return None
+    what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
+    raise SlideError(f"{output}: exists, made with other settings ({what}); pass --overwrite or choose"
+                     " another --out")
+
+
+def _other_slide(existing: dict[str, Any], run_attrs: dict[str, Any]) -> str | None:
+    """The slide an existing output was made from, when it is not this run's slide.
+
+    The same size and content fingerprint are the same slide, wherever it lies now; a file of an
+    older version (no fingerprint) must name the same path.
+    """
+    old_print, old_size = existing.get("slide_fingerprint"), existing.get("slide_size")
+    if old_print:
+        if old_print == run_attrs["slide_fingerprint"] and old_size == run_attrs["slide_size"]:
+            return None
+        return f"{existing.get('slide_path') or 'unknown'}, {old_size} bytes"
+    old_path = str(existing.get("slide_path") or "")
+    if old_path and os.path.abspath(old_path) != os.path.abspath(run_attrs["slide_path"]):
+        return old_path
+    return None
+
+
 # ---- checks that fail early, with the cause ---------------------------------------------------
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
-def check_output_folder(out_dir: str | os.PathLike[str]) -> None:
-    """Raise :class:`OutputError` unless files can be written into ``out_dir`` (or it can be
-    created: its nearest existing ancestor is a writable folder). Writes nothing."""
-    out = Path(out_dir)
-    base = _existing_ancestor(out.absolute())
-    if not base.is_dir():
-        raise OutputError(errno.ENOTDIR, f"{out}: cannot write there: {base} is a file, not a folder")
-    if os.access(base, os.W_OK | os.X_OK):
-        return
-    where = "the output folder" if base == out.absolute() else f"its parent {base}"
-    try:
-        read_only = bool(os.statvfs(base).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        read_only = False
-    code, cause = (errno.EROFS, "is on a read-only file system") if read_only else (
-        errno.EACCES, "is not writable (permission denied)")
-    raise OutputError(code, f"{out}: cannot write the output: {where} {cause}")
-
-
 def _check_patch_fits(slide: Slide, settings: EmbedSettings) -> None:
     """Refuse a slide so small against one patch that no patch can be ``tissue_threshold``
     slide (let alone tissue) as too small, rather than report it as having no tissue."""
@@ -437,47 +456,15 @@ def _check_space(output: Path, patches: int, model: Any, tokens: bool) -> None:
         per_patch += 4 * dim * int(grid[0]) * int(grid[1])
     need = patches * per_patch
     try:
-        free = shutil.disk_usage(_existing_ancestor(output.parent.absolute())).free
+        free = shutil.disk_usage(existing_ancestor(output.parent.absolute())).free
     except OSError:
         return
     if free < need:
         raise OutputError(
             errno.ENOSPC,
-            f"{output}: not enough space left on the device for the features: about {_size(need)} needed,"
-            f" {_size(free)} free",
+            f"{output}: not enough space left on the device for the features: about {format_size(need)}"
+            f" needed, {format_size(free)} free",
         )
-
-
-def _size(n: float) -> str:
-    if n < 1024:
-        return f"{n:.0f} bytes"
-    exp = min(3, int(math.log(n, 1024)))
-    return f"{n / 1024**exp:.1f} {('KiB', 'MiB', 'GiB')[exp - 1]}"
-
-
-def _output_error(output: Path, err: BaseException) -> OutputError | None:
-    """A clear :class:`OutputError` for a failed write (no space, permission, read-only), or
-    None for an error that is not about the output's file system."""
-    code = getattr(err, "errno", None)
-    if code is None:  # h5py: "... errno = 28, error message = 'No space left on device' ..."
-        found = re.search(r"errno = (\d+)", str(err))
-        code = int(found.group(1)) if found else None
-    if code is None:
-        if not isinstance(err, OSError):
-            return None
-        return OutputError(errno.EIO, f"{output}: cannot write the features file: {err}")
-    causes = {
-        errno.ENOSPC: "no space left on device",
-        errno.EDQUOT: "disk quota exceeded",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EROFS: "read-only file system",
-    }
-    cause = causes.get(code) or os.strerror(code)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        with contextlib.suppress(OSError):
-            cause += f" ({_size(shutil.disk_usage(_existing_ancestor(output.parent)).free)} free)"
-    return OutputError(code, f"{output}: cannot write the features file: {cause}; nothing was written")
 
 
 _SETTING_KEYS = (
@@ -500,6 +487,8 @@ def run_attributes(slide: Slide, model: Any, settings: EmbedSettings) -> dict[st
         "weights_sha256": weights.sha256 or "",
         "weights_random": bool(weights.random),
         "slide_path": str(slide.path),
+        "slide_size": slide.file_size,
+        "slide_fingerprint": slide.fingerprint,
         "slide_mpp": slide.mpp,
         "mpp_source": slide.mpp_source,
         "mpp": settings.mpp,
@@ -530,14 +519,3 @@ def coords_attributes(slide: Slide, grid: Any) -> dict[str, Any]:
         "level0_width": slide.dimensions[0],
         "level0_height": slide.dimensions[1],
     }
-
-
-def embed_slides(
-    slides: Sequence[str | os.PathLike[str]],
-    model: Any,
-    out_dir: str | os.PathLike[str],
-    settings: EmbedSettings | None = None,
-    **kwargs: Any,
-) -> list[SlideEmbedding]:
-    """Embed several slides one after another; the first error stops the run."""
-    return [embed_slide(p, model, out_dir, settings, **kwargs) for p in slides]

@@ -10,16 +10,37 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["FeatureFileError", "FeatureSet", "feature_path", "read_features", "write_features"]
+from ._atomic import OutputKind, atomic_path, read_small_json
+from ._paths import file_problem
+
+__all__ = [
+    "FEATURES_FORMAT",
+    "FEATURES_KIND",
+    "FeatureFileError",
+    "FeatureHeader",
+    "FeatureSet",
+    "feature_path",
+    "is_features_file",
+    "read_features",
+    "read_header",
+    "unique_feature_paths",
+    "write_features",
+]
 
 SUFFIX = {"h5": ".h5", "zarr": ".zarr"}
+#: The root attribute that marks a features file as ours (older files: ``xmag_version`` on the
+#: features array).
+FEATURES_FORMAT = "napari-xmag-features"
+#: Features hold float32 rows that maps turn into float64 and decompose: a file is read only
+#: when three times its features fit the memory budget.
+_FEATURES_FACTOR = 3.0
 
 
 class FeatureFileError(Exception):
@@ -45,6 +66,46 @@ def feature_path(out_dir: str | os.PathLike[str], slide: str | os.PathLike[str],
     return Path(out_dir) / f"{Path(slide).stem}{SUFFIX[fmt]}"
 
 
+def unique_feature_paths(
+    slides: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], fmt: str = "h5"
+) -> list[Path]:
+    """The output of each slide; a ValueError when two slides would share one (``a/x.svs`` and
+    ``b/x.tiff`` are both ``OUT/x.h5``), before anything is read."""
+    outputs = [feature_path(out_dir, s, fmt) for s in slides]
+    seen: dict[Path, str | os.PathLike[str]] = {}
+    for slide, output in zip(slides, outputs, strict=True):
+        if output in seen:
+            raise ValueError(f"{seen[output]} and {slide} would both be written to {output}; rename one,"
+                             " or run them into different --out folders")
+        seen[output] = slide
+    return outputs
+
+
+def is_features_file(path: str | os.PathLike[str]) -> bool:
+    """True for a features file napari-xmag wrote (h5 or zarr); False, never an error, otherwise."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            attrs = (read_small_json(path / "zarr.json") or {}).get("attributes", {})
+            return isinstance(attrs, dict) and (attrs.get("format") == FEATURES_FORMAT or "xmag_version" in attrs)
+        if file_problem(path) is not None:
+            return False
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") == FEATURES_FORMAT:
+                return True
+            features = f.get("features")
+            return isinstance(features, h5py.Dataset) and "xmag_version" in features.attrs
+    except Exception:  # any file at all: not ours
+        return False
+
+
+#: What ``write_features`` may replace: a features file of ours (the run decides whether its
+#: settings allow it).
+FEATURES_KIND = OutputKind("features file", is_features_file)
+
+
 def _plain(value: Any) -> Any:
     """Attribute values h5py and zarr both store: numbers, strings, bools; None as ''."""
     if value is None:
@@ -58,15 +119,16 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def write_features(path: str | os.PathLike[str], data: FeatureSet) -> Path:
-    """Write atomically: into a temporary sibling, then rename over ``path``."""
+def write_features(path: str | os.PathLike[str], data: FeatureSet, *, overwrite: bool = False) -> Path:
+    """Write atomically: into a temporary sibling, then rename over ``path``.
+
+    What is at ``path`` is replaced only when it is a features file of ours, or with ``overwrite``.
+    """
     path = Path(path)
     if len(data.coords) != len(data.features):
         raise ValueError(f"{len(data.coords)} coords but {len(data.features)} feature rows")
-    from .writers._atomic import atomic_path  # here: the writers package imports this module
-
     fmt = "zarr" if path.suffix == ".zarr" else "h5"
-    with atomic_path(path) as target:  # also removes what a killed earlier write of path left
+    with atomic_path(path, FEATURES_KIND, overwrite=overwrite) as target:  # also removes stale parts
         (_write_zarr if fmt == "zarr" else _write_h5)(target, data)
     return path
 
@@ -75,6 +137,7 @@ def _write_h5(path: Path, data: FeatureSet) -> None:
     import h5py
 
     with h5py.File(path, "w") as f:
+        f.attrs["format"] = FEATURES_FORMAT
         coords = f.create_dataset("coords", data=np.asarray(data.coords, np.int64).reshape(-1, 2))
         features = f.create_dataset("features", data=np.asarray(data.features, np.float32))
         for key, value in data.coords_attrs.items():
@@ -92,7 +155,7 @@ def _write_zarr(path: Path, data: FeatureSet) -> None:
     coords = root.create_array("coords", data=np.asarray(data.coords, np.int64).reshape(-1, 2))
     root.create_array("features", data=np.asarray(data.features, np.float32))
     coords.attrs.update({k: _plain(v) for k, v in data.coords_attrs.items()})
-    root.attrs.update({k: _plain(v) for k, v in data.attrs.items()})
+    root.attrs.update({**{k: _plain(v) for k, v in data.attrs.items()}, "format": FEATURES_FORMAT})
     if data.tokens is not None:
         root.create_array("tokens", data=np.asarray(data.tokens, np.float32))
 
@@ -105,11 +168,10 @@ def read_features(path: str | os.PathLike[str]) -> FeatureSet:
     """Read an h5 or zarr features file written by us or by TRIDENT.
 
     Raises :class:`FeatureFileError` naming the file for anything that is not one: a damaged
-    file, missing or misshapen ``coords``/``features``, non-numeric or non-finite coordinates.
+    file, missing or misshapen ``coords``/``features``, non-numeric or non-finite coordinates,
+    data kept in other files, or arrays larger than the file holds or memory allows.
     """
     path = Path(path)
-    if not path.exists():
-        raise FeatureFileError(f"{path}: no such features file")
     try:
         if path.suffix == ".zarr" or path.is_dir():
             return _read_zarr(path)
@@ -121,54 +183,102 @@ def read_features(path: str | os.PathLike[str]) -> FeatureSet:
         raise FeatureFileError(f"{path}: not a readable features file ({cause})") from None
 
 
-def _read_h5(path: Path) -> FeatureSet:
-    import h5py
+class FeatureHeader(NamedTuple):
+    """A features file without its features: the patches and what the file records."""
 
-    with h5py.File(path, "r") as f:
+    coords: np.ndarray  # (N, 2) int64
+    attrs: dict[str, Any]
+    coords_attrs: dict[str, Any]
+    path: str | None
+
+
+def read_header(path: str | os.PathLike[str]) -> FeatureHeader:
+    """The coords and attributes of a features file, without reading its features."""
+    path = Path(path)
+    try:
+        if path.suffix == ".zarr" or path.is_dir():
+            root = _zarr_root(path)
+            coords = _zarr_read(root, "coords", path)
+            attrs, ca = dict(root.attrs), dict(root["coords"].attrs)
+        else:
+            from .formats import h5
+
+            with h5.open_h5(path, FeatureFileError, "features file") as f:
+                coords = h5.read(f, "coords", path, FeatureFileError)
+                h5.dataset(f, "features", path, FeatureFileError, 0.0)
+                attrs, ca = _attrs(f["features"].attrs), _attrs(f["coords"].attrs)
+    except FeatureFileError:
+        raise
+    except _READ_ERRORS as err:
+        raise FeatureFileError(f"{path}: not a readable features file ({err})") from None
+    coords = _checked_coords(path, coords)
+    return FeatureHeader(coords, attrs, ca, str(path))
+
+
+def _read_h5(path: Path) -> FeatureSet:
+    from .formats import h5
+
+    with h5.open_h5(path, FeatureFileError, "features file") as f:
         arrays = {}
         for key in ("coords", "features", "tokens"):
+            if key == "tokens" and key not in f:
+                continue
             if key not in f:
-                if key == "tokens":
-                    continue
                 raise FeatureFileError(f"{path}: no '{key}' dataset (is it a features file?)")
-            if not isinstance(f[key], h5py.Dataset):
-                raise FeatureFileError(f"{path}: '{key}' is a {type(f[key]).__name__}, not a dataset")
-            arrays[key] = np.asarray(f[key][()])
+            factor = _FEATURES_FACTOR if key == "features" else 1.0
+            arrays[key] = h5.read(f, key, path, FeatureFileError, factor)
         return _feature_set(
             path, arrays, _attrs(f["features"].attrs), _attrs(f["coords"].attrs)
         )
 
 
-def _read_zarr(path: Path) -> FeatureSet:
-    import zarr
+def _zarr_root(path: Path) -> Any:
+    from .formats import zarr as zarr_store
 
-    root = zarr.open_group(str(path), mode="r")
+    if file_problem(path, folder=True) == "no such file":
+        raise FeatureFileError(f"{path}: no such features file")
+    return zarr_store.open_group(path, FeatureFileError, "features store")
+
+
+def _zarr_read(root: Any, key: str, path: Path, factor: float = 1.0) -> np.ndarray:
+    from .formats import zarr as zarr_store
+
+    return zarr_store.read(root, key, path, FeatureFileError, factor)
+
+
+def _read_zarr(path: Path) -> FeatureSet:
+    root = _zarr_root(path)
     arrays = {}
     for key in ("coords", "features", "tokens"):
+        if key == "tokens" and key not in root:
+            continue
         if key not in root:
-            if key == "tokens":
-                continue
             raise FeatureFileError(f"{path}: no '{key}' array (is it a features store?)")
-        if not isinstance(root[key], zarr.Array):
-            raise FeatureFileError(f"{path}: '{key}' is a group, not an array")
-        arrays[key] = np.asarray(root[key][...])
+        arrays[key] = _zarr_read(root, key, path, _FEATURES_FACTOR if key == "features" else 1.0)
     return _feature_set(path, arrays, dict(root.attrs), dict(root["coords"].attrs))
 
 
-def _feature_set(
-    path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any], coords_attrs: dict[str, Any]
-) -> FeatureSet:
-    """Check the arrays' kinds and shapes before they become a FeatureSet."""
-    coords, features, tokens = arrays["coords"], arrays["features"], arrays.get("tokens")
-    for key, a in arrays.items():
-        if a.dtype.kind not in "biuf":
-            raise FeatureFileError(f"{path}: '{key}' holds {a.dtype} values, not numbers")
+def _checked_coords(path: Path, coords: np.ndarray) -> np.ndarray:
+    if coords.dtype.kind not in "biuf":
+        raise FeatureFileError(f"{path}: 'coords' holds {coords.dtype} values, not numbers")
     if coords.size == 0:
         coords = coords.reshape(0, 2)
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise FeatureFileError(f"{path}: 'coords' is {coords.shape}, not (N, 2) level-0 x, y")
     if coords.dtype.kind == "f" and not (np.isfinite(coords).all() and (coords == np.round(coords)).all()):
         raise FeatureFileError(f"{path}: 'coords' holds non-integer or non-finite values")
+    return coords.astype(np.int64)
+
+
+def _feature_set(
+    path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any], coords_attrs: dict[str, Any]
+) -> FeatureSet:
+    """Check the arrays' kinds and shapes before they become a FeatureSet."""
+    features, tokens = arrays["features"], arrays.get("tokens")
+    for key, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise FeatureFileError(f"{path}: '{key}' holds {a.dtype} values, not numbers")
+    coords = _checked_coords(path, arrays["coords"])
     if features.ndim != 2 or len(features) != len(coords):
         raise FeatureFileError(
             f"{path}: 'features' is {features.shape}, not (N, D) with N = {len(coords)} coords"
@@ -176,7 +286,7 @@ def _feature_set(
     if tokens is not None and (tokens.ndim < 2 or len(tokens) != len(coords)):
         raise FeatureFileError(f"{path}: 'tokens' is {tokens.shape}, not one grid per patch ({len(coords)})")
     return FeatureSet(
-        coords=coords.astype(np.int64),
+        coords=coords,
         features=features.astype(np.float32, copy=False),
         attrs=attrs,
         coords_attrs=coords_attrs,

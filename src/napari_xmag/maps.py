@@ -40,7 +40,9 @@ import numpy as np
 
 from . import __version__
 from ._json import json_safe
-from .features import FeatureFileError, FeatureSet, read_features
+from ._atomic import OutputKind, atomic_path
+from ._paths import file_problem
+from .features import FeatureFileError, FeatureSet, read_features, read_header
 
 __all__ = [
     "KINDS",
@@ -570,7 +572,8 @@ def _fitted(key: _FileKey, kind: str, params: tuple[tuple[str, Any], ...]) -> np
     """Per-patch values of a features file; computed once per (file version, kind, params)."""
     data = read_features(key.path)
     if kind == "probe":
-        values = _predict(load_probe(dict(params)["probe"]), data.features, key.path)
+        given = dict(params)
+        values = _predict(load_probe(given["probe"], trust_pickle=given["trust_pickle"]), data.features, key.path)
     else:
         values = _FITTERS[kind](data.features, **dict(params))
     values.flags.writeable = False  # shared by every render
@@ -580,26 +583,9 @@ def _fitted(key: _FileKey, kind: str, params: tuple[tuple[str, Any], ...]) -> np
 @functools.lru_cache(maxsize=32)
 def _header(key: _FileKey) -> _Header:
     """Coords and attributes of a features file, without reading the features."""
-    path = Path(key.path)
-    try:
-        if path.is_dir():
-            import zarr
-
-            root = zarr.open_group(str(path), mode="r")
-            coords = np.asarray(root["coords"][:], np.int64)
-            attrs, ca = dict(root.attrs), dict(root["coords"].attrs)
-        else:
-            import h5py
-
-            from .features import _attrs
-
-            with h5py.File(path, "r") as f:
-                coords = np.asarray(f["coords"][:], np.int64)
-                attrs, ca = _attrs(f["features"].attrs), _attrs(f["coords"].attrs)
-    except (OSError, KeyError, ValueError) as err:
-        raise FeatureFileError(f"{path}: not a readable features file ({err})") from None
-    coords.flags.writeable = False
-    return _Header(coords, attrs, ca, key.path)
+    header = read_header(key.path)
+    header.coords.flags.writeable = False
+    return _Header(header.coords, header.attrs, header.coords_attrs, key.path)
 
 
 def cache_info() -> Any:
@@ -654,9 +640,13 @@ class LinearProbe:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def save_probe(probe: Any, path: str | os.PathLike[str], classes: Sequence[str] | None = None) -> Path:
+def save_probe(
+    probe: Any, path: str | os.PathLike[str], classes: Sequence[str] | None = None, *, overwrite: bool = False
+) -> Path:
     """Save a fitted linear probe (LogisticRegression, optionally after a StandardScaler in a
-    Pipeline, or a :class:`LinearProbe`) as a ``.npz`` that :func:`load_probe` reads without pickle."""
+    Pipeline, or a :class:`LinearProbe`) as a ``.npz`` that :func:`load_probe` reads without pickle.
+
+    An existing file is replaced only when it is a probe of ours, or with ``overwrite``."""
     scaler, clf = None, probe
     steps = getattr(probe, "steps", None)
     if steps:
@@ -675,42 +665,90 @@ def save_probe(probe: Any, path: str | os.PathLike[str], classes: Sequence[str] 
     else:
         raise MapError(f"{type(clf).__name__} is not a linear probe; save it with joblib (.joblib)")
     names = [str(c) for c in (classes if classes is not None else clf.classes_)]
-    from .writers._atomic import atomic_path  # here: the writers package imports this module
-
     path = Path(path)
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:  # a file object: savez adds no .npz
+    with atomic_path(path, PROBE_KIND, overwrite=overwrite) as tmp, tmp.open("wb") as fh:  # savez adds no .npz
         np.savez(fh, format=PROBE_FORMAT, coef=coef, intercept=intercept, mean=mean, scale=scale,
                  classes=np.asarray(names))
     return path
 
 
-def load_probe(path: str | os.PathLike[str]) -> Any:
-    """A probe from a file: our ``.npz`` linear probe, or a scikit-learn estimator saved with
-    joblib/pickle (``.joblib``, ``.pkl``; unpickling runs code: only load files you trust)."""
+def is_probe_file(path: Path) -> bool:
+    """True for a probe ``.npz`` written by :func:`save_probe`; never raises."""
+    try:
+        if file_problem(path) is not None:
+            return False
+        with np.load(path, allow_pickle=False) as z:
+            return "format" in z.files and str(z["format"]) == PROBE_FORMAT
+    except Exception:
+        return False
+
+
+PROBE_KIND = OutputKind("probe file", is_probe_file)
+#: Probe files: ours (no code in them), scikit-learn's skops format (types checked before
+#: loading), and pickles, which run code when loaded and are read only when trusted.
+PROBE_SUFFIXES = (".npz", ".skops")
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+#: The largest probe file read: a linear probe of 1536-d features is a few hundred KB.
+MAX_PROBE_BYTES = 256 << 20
+
+
+def load_probe(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> Any:
+    """A probe from a file, loaded without running anything the file holds.
+
+    * ``.npz``: our linear probe (:func:`save_probe`), read with ``allow_pickle=False``;
+    * ``.skops``: a scikit-learn estimator saved with ``skops.io.dump``; loaded only when every
+      type it names is one skops trusts (scikit-learn's estimators, numpy), else refused naming
+      the untrusted types;
+    * ``.joblib``/``.pkl``: pickles, which run code when loaded: refused unless ``trust_pickle``
+      (``xmag maps --trust-pickle``; the probe widget's checkbox). Convert one you trust with
+      ``skops.io.dump(joblib.load(f), "probe.skops")``.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FeatureFileError(f"{path}: no such probe file")
+    problem = file_problem(path, max_bytes=MAX_PROBE_BYTES)
+    if problem:
+        raise FeatureFileError(f"{path}: no such probe file" if problem == "no such file" else f"{path}: {problem}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
-                if str(z["format"]) != PROBE_FORMAT:
+                if "format" not in z.files or str(z["format"]) != PROBE_FORMAT:
                     raise MapError(f"{path}: not a {PROBE_FORMAT} file")
                 return LinearProbe(z["coef"], z["intercept"], [str(c) for c in z["classes"]],
                                    z["mean"], z["scale"])
-        if suffix in (".joblib", ".pkl", ".pickle"):
+        if suffix == ".skops":
+            probe = _load_skops(path)
+        elif suffix in PICKLE_SUFFIXES:
+            if not trust_pickle:
+                raise MapError(
+                    f"{path}: refused: a {suffix} file is a pickle, and loading a pickle runs whatever code"
+                    " it holds. Save probes with napari_xmag.maps.save_probe (.npz) or skops (.skops);"
+                    " to load a pickle you made yourself, pass --trust-pickle (the probe widget: 'trust"
+                    " pickle files')"
+                )
             import joblib
 
             probe = joblib.load(path)
         else:
-            raise MapError(f"{path}: a probe file is .npz (save_probe) or .joblib/.pkl (scikit-learn)")
+            raise MapError(f"{path}: a probe file is .npz (save_probe) or .skops (scikit-learn via skops)")
     except MapError:
         raise
-    except (OSError, KeyError, ValueError, EOFError, ImportError, AttributeError) as err:
+    except (OSError, KeyError, ValueError, EOFError, ImportError, AttributeError, TypeError) as err:
         raise FeatureFileError(f"{path}: not a readable probe file ({err})") from None
     if not hasattr(probe, "predict_proba"):
         raise MapError(f"{path}: {type(probe).__name__} has no predict_proba")
     return probe
+
+
+def _load_skops(path: Path) -> Any:
+    """A skops file whose types skops trusts by default; its untrusted types are named otherwise."""
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(file=path)
+    if untrusted:
+        shown = ", ".join(untrusted[:5]) + (f" and {len(untrusted) - 5} more" if len(untrusted) > 5 else "")
+        raise MapError(f"{path}: refused: it names types skops does not trust ({shown}), which could run"
+                       " code when loaded")
+    return skops.io.load(path)
 
 
 def _probe_width(probe: Any) -> int | None:
@@ -793,22 +831,25 @@ def kmeans_map(source: Source, k: int = 8, *, seed: int = 0, slide_mpp: float | 
     return _make(data, grid, "kmeans", _name(meta, f"k-means (k={n})"), meta)
 
 
-def probe_maps(source: Source, probe: Any, *, slide_mpp: float | None = None) -> tuple[SlideMap, SlideMap]:
+def probe_maps(
+    source: Source, probe: Any, *, slide_mpp: float | None = None, trust_pickle: bool = False
+) -> tuple[SlideMap, SlideMap]:
     """Class probabilities (C, H, W) averaged per cell (they sum to 1 in every covered cell),
     and the segmentation: the argmax class of each cell as label class_index + 1 (0 = no patch).
 
     ``probe`` is any object with ``predict_proba`` (scikit-learn classifier or pipeline,
-    :class:`LinearProbe`) or a probe file (:func:`load_probe`).
+    :class:`LinearProbe`) or a probe file (:func:`load_probe`; ``trust_pickle`` as there).
     """
     header, grid = _header_grid(source, slide_mpp)
     if isinstance(probe, (str, os.PathLike)):
-        probe_obj = load_probe(probe)
+        probe_obj = load_probe(probe, trust_pickle=trust_pickle)
         probe_src = str(probe)
         if isinstance(source, FeatureSet):
             prob = _predict(probe_obj, source.features, "features")
         else:  # cached per (features file, probe file) versions
             key = _file_key(probe, "probe file")
-            prob = _patch_values(source, "probe", probe=key.path, probe_mtime=key.mtime_ns)
+            prob = _patch_values(source, "probe", probe=key.path, probe_mtime=key.mtime_ns,
+                                 trust_pickle=trust_pickle)
     else:  # an in-memory object may be refitted in place: never cached
         probe_obj, probe_src = probe, type(probe).__name__
         features = source.features if isinstance(source, FeatureSet) else read_features(source).features
@@ -891,6 +932,7 @@ def make_maps(
     comparison: Any = None,
     attention: tuple[np.ndarray, np.ndarray] | None = None,
     slide_mpp: float | None = None,
+    trust_pickle: bool = False,
 ) -> list[SlideMap]:
     """The maps of one kind (probe gives the probabilities and the segmentation)."""
     if kind not in KINDS:
@@ -917,7 +959,7 @@ def make_maps(
     if kind == "probe":
         if probe is None:
             raise MapError("a probe map needs a probe (an object with predict_proba or a probe file)")
-        return list(probe_maps(source, probe, slide_mpp=slide_mpp))
+        return list(probe_maps(source, probe, slide_mpp=slide_mpp, trust_pickle=trust_pickle))
     if attention is None:
         raise MapError("an attention map needs per-patch (coords, values)")
     coords, values = attention
@@ -932,24 +974,17 @@ def read_attention_values(
     ``values``: ``"percentile"`` (each patch's attention rank in [0, 1], ties averaged: softmax
     weights shrink with the bag size, ranks do not), ``"attention"`` or ``"logits"``.
     """
-    import h5py
+    from .formats import h5
 
     path = Path(path)
-    if not path.is_file():
-        raise FeatureFileError(f"{path}: no such attention file")
-    try:
-        with h5py.File(path, "r") as f:
-            coords = np.asarray(f["coords"][:], np.int64)
-            if values == "logits":
-                v = np.asarray(f["attention_logits"][:], np.float64)
-            else:
-                v = np.asarray(f["attention"][:], np.float64)
-    except (OSError, KeyError) as err:
-        raise FeatureFileError(f"{path}: not a readable attention file ({err})") from None
+    if values not in ("percentile", "attention", "logits"):
+        raise MapError(f"attention values are percentile, attention or logits, not {values!r}")
+    with h5.open_h5(path, FeatureFileError, "attention file") as f:
+        coords = np.asarray(h5.read(f, "coords", path, FeatureFileError), np.int64)
+        key = "attention_logits" if values == "logits" else "attention"
+        v = np.asarray(h5.read(f, key, path, FeatureFileError), np.float64)
     if values == "percentile":
         from scipy.stats import rankdata
 
         v = (rankdata(v, method="average") - 1) / max(1, len(v) - 1) if len(v) > 1 else np.ones(len(v))
-    elif values not in ("attention", "logits"):
-        raise MapError(f"attention values are percentile, attention or logits, not {values!r}")
     return coords, v

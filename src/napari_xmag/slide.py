@@ -24,7 +24,8 @@ import numpy as np
 import openslide
 from PIL import Image
 
-from ._memory import return_freed_memory
+from ._memory import format_size, return_freed_memory, too_big
+from ._paths import file_problem
 
 __all__ = [
     "MAGNIFICATION_MPP",
@@ -53,6 +54,9 @@ _RESAMPLE_TOLERANCE = 1e-3
 # No scanner images tissue coarser than this at level 0; such a value is a default DPI
 # written by a generic TIFF writer (72 dpi = 352.8 µm/px), not a calibration.
 _IMPLAUSIBLE_MPP = 100.0
+# Raw level-0 bytes per byte of a single-file (TIFF-based) slide: real scans, glass included,
+# stay far below (about 10-600); a file far above holds tiles it does not have.
+_MAX_PIXELS_PER_BYTE = 10_000
 
 
 class SlideError(Exception):
@@ -263,10 +267,10 @@ class Slide:
 
     def __init__(self, path: str | os.PathLike[str], mpp: float | None = None) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise SlideOpenError(f"{self.path}: no such file")
-        if self.path.is_dir() and self.path.suffix.lower() != ".mrxs":
-            raise SlideOpenError(f"{self.path}: is a folder, not a slide file")
+        problem = file_problem(self.path)
+        if problem:  # a pipe or a device would block OpenSlide forever: say so instead
+            raise SlideOpenError(f"{self.path}: {problem}" if problem != "is a folder, not a file"
+                                 else f"{self.path}: is a folder, not a slide file")
         try:
             self._osr = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError:
@@ -290,6 +294,10 @@ class Slide:
                 f"{self.path}: not an RGB brightfield slide: {not_rgb}. napari-xmag reads 8-bit RGB"
                 " brightfield slides (H&E, IHC); open fluorescence or grayscale images with another reader"
             )
+        sparse = _missing_pixels_reason(self.path, self._osr.dimensions)
+        if sparse:
+            self._osr.close()
+            raise SlideOpenError(f"{self.path}: {sparse}")
         self._osr.set_cache(shared_tile_cache())
         props = self._osr.properties
         self.properties: dict[str, str] = _readable_properties(props)
@@ -334,6 +342,27 @@ class Slide:
     @property
     def name(self) -> str:
         return self.path.stem
+
+    @property
+    def file_size(self) -> int:
+        """Bytes of the slide file (of the index file for formats that keep data beside it)."""
+        return self.path.stat().st_size
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Identifies the slide's content, wherever the file lies: OpenSlide's
+        ``quickhash-1`` (a hash of the smallest level and the properties), else a hash of the
+        file's size and its first and last MiB."""
+        quick = self.properties.get("openslide.quickhash-1")
+        if quick:
+            return f"quickhash-1:{quick}"
+        digest = hashlib.sha256(str(self.file_size).encode())
+        with self.path.open("rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if self.file_size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read())
+        return f"sha256-ends:{digest.hexdigest()}"
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -572,6 +601,12 @@ class Slide:
     def _read_padded(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Level pixels that may fall partly outside the level; outside is white."""
         info = self.levels[level]
+        budget = too_big(2 * 3 * w * h)  # the pixels, and the resampled copy made of them
+        if budget:
+            coarsest = ""
+            if level == self.level_count - 1 and self.mpp is not None:
+                coarsest = f" (its coarsest level, {self.mpp * info.downsample:.3g} µm/px)"
+            raise SlideReadError(f"{self.path}: reading {w} x {h} px of level {level}{coarsest}: {budget}")
         out = np.full((h, w, 3), 255, np.uint8)
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, info.width), min(y + h, info.height)
@@ -642,6 +677,28 @@ def damage_reason(path: str | os.PathLike[str]) -> str | None:
             return _tiff_truncation(fh, size)
     except OSError:
         return None
+
+
+def _missing_pixels_reason(path: Path, dimensions: tuple[int, int]) -> str | None:
+    """Why a single-file (TIFF-based) slide cannot hold the pixels it declares, or None.
+
+    A few kilobytes declaring 30000 x 30000 px would otherwise be read as white tiles, gigabytes
+    of them: such a file is damaged or made to exhaust memory.
+    """
+    try:
+        with path.open("rb") as fh:
+            if fh.read(4) not in _TIFF_MAGIC:
+                return None  # formats that keep their data beside the file (MIRAX, VMS, DICOM)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    raw = 3 * int(dimensions[0]) * int(dimensions[1])
+    if raw <= _MAX_PIXELS_PER_BYTE * max(size, 1):
+        return None
+    return (
+        f"declares {dimensions[0]} x {dimensions[1]} px ({format_size(raw)} of pixels) at level 0 but the"
+        f" file is only {format_size(size)}: its image data is missing (a damaged or crafted file)"
+    )
 
 
 def _tiff_truncation(fh: Any, size: int) -> str | None:

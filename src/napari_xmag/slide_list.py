@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ._paths import MAX_LIST_BYTES, file_problem
+
 __all__ = ["LIST_SUFFIXES", "SLIDE_SUFFIXES", "SlideEntry", "SlideListError", "find_slides"]
 
 #: Files a folder of slides is searched for (what OpenSlide 4 opens).
@@ -75,6 +77,9 @@ def _expand(source: str | os.PathLike[str] | SlideEntry) -> list[SlideEntry]:
         raise SlideListError(f"{path}: no such slide file, folder or list")
     if path.suffix.lower() in LIST_SUFFIXES:
         return _read_list(path)
+    problem = file_problem(path)
+    if problem:
+        raise SlideListError(f"{path}: {problem}")
     return [SlideEntry(_absolute(path))]
 
 
@@ -82,6 +87,9 @@ def _read_list(path: Path) -> list[SlideEntry]:
     """A ``.txt`` list (one path a line) or a CSV with ``slide`` (and ``mpp_override``) columns."""
     from .slide import parse_mpp
 
+    problem = file_problem(path, max_bytes=MAX_LIST_BYTES)
+    if problem:  # a link to /dev/zero would be read for ever
+        raise SlideListError(f"{path}: {problem}")
     rows: list[tuple[int, str, str]] = []  # line, slide, mpp_override
     with path.open(newline="", encoding="utf-8-sig") as fh:
         if path.suffix.lower() == ".csv":

@@ -29,21 +29,23 @@ def write_aperio_pyramid(
     mpp: float | None = 0.5,
     app_mag: float | None = 20,
     quality: int = 80,
+    overwrite: bool = False,
 ) -> Path:
     """Write a tiled-JPEG pyramid that OpenSlide reads as an Aperio SVS.
 
     Tiles are produced one at a time from ``source``, so a 40000 px slide never has to be
-    in memory at once. The file appears only when complete (temp name, then rename).
+    in memory at once. The file appears only when complete (temp name, then rename); a file
+    already at ``path`` is replaced only with ``overwrite``.
     """
     import tifffile
 
-    from .writers._atomic import atomic_path
+    from ._atomic import ANY_FILE, atomic_path
 
     path = Path(path)
     fields = [f"AppMag = {app_mag:g}" if app_mag else None, f"MPP = {mpp:g}" if mpp else None]
     extra = "".join(f"|{f}" for f in fields if f)
     head = "Aperio Image Library v12.0.15 \r\n"
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2**31) as tif:
+    with atomic_path(path, ANY_FILE, overwrite=overwrite) as tmp, tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2**31) as tif:
         for i, ds in enumerate(downsamples):
             w, h = width // ds, height // ds
             if i == 0:

@@ -12,6 +12,21 @@ if TYPE_CHECKING:
 RANDOM_TAG = "RANDOM WEIGHTS"
 
 
+def confirm_replace(path: Any, reason: str) -> bool:
+    """Ask the user before something napari-xmag did not write is replaced; no window, no."""
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    app = QApplication.instance()
+    if app is None:
+        return False
+    answer = QMessageBox.question(
+        app.activeWindow(), "napari-xmag: replace?",
+        f"{reason}.\n\nReplace it? What is at {path} will be deleted.",
+        QMessageBox.Yes | QMessageBox.No, QMessageBox.No,
+    )
+    return answer == QMessageBox.Yes
+
+
 def slide_layers(viewer: napari.viewer.Viewer, *exclude_roles: str) -> list[tuple[str, Any]]:
     """(name, layer) of the Image layers our reader made (they carry ``metadata["xmag"]``)."""
     from napari.layers import Image

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 
 from napari_xmag import fewshot
+from napari_xmag._atomic import OutputExistsError
+from napari_xmag._widgets import _common
 from napari_xmag._widgets._common import replace_layer, shifted, slide_info, slide_layers, slide_offset
 from napari_xmag.features import FeatureFileError
 
@@ -46,8 +48,12 @@ class ProbeWidget(Container):
         )
         self._new_button = PushButton(text="New annotation layer")
         self._train_button = PushButton(text="Train and predict")
-        self._probe_file_edit = FileEdit(label="probe file", mode="w", filter="*.npz",
+        self._probe_file_edit = FileEdit(label="probe file", mode="w", filter="*.npz *.skops *.joblib *.pkl",
                                          value=Path("probe.npz"))
+        self._trust_edit = CheckBox(
+            text="trust pickle files (.joblib/.pkl run code when loaded)", value=False,
+            tooltip="only for a pickle you made yourself: loading one runs whatever code it holds",
+        )
         self._save_button = PushButton(text="Save probe")
         self._load_button = PushButton(text="Load probe")
         self._status = Label(value="")
@@ -55,7 +61,7 @@ class ProbeWidget(Container):
         self.extend([
             self._slide_edit, self._features_edit, self._annotations_edit, self._new_button,
             self._train_button, self._probe_file_edit, self._save_button, self._load_button,
-            self._status,
+            self._trust_edit, self._status,
         ])
         self._probe: Any = None
         self._slide_edit.changed.connect(self._on_slide_changed)
@@ -148,7 +154,18 @@ class ProbeWidget(Container):
         if self._probe is None:
             self._status.value = "Train a probe first (Train and predict), or load one."
             return
-        path = fewshot.save_probe(self._probe, self._probe_file_edit.value)
+        target = self._probe_file_edit.value
+        try:
+            try:
+                path = fewshot.save_probe(self._probe, target)
+            except OutputExistsError as err:
+                if not _common.confirm_replace(target, str(err).split(";")[0]):
+                    self._status.value = str(err)
+                    return
+                path = fewshot.save_probe(self._probe, target, overwrite=True)
+        except (OSError, ValueError) as err:
+            self._status.value = str(err)
+            return
         self._status.value = f"Saved the probe to {path}"
 
     def _on_load(self, _event: Any = None) -> None:
@@ -157,7 +174,7 @@ class ProbeWidget(Container):
             self._status.value = "Open a slide with napari-xmag first."
             return
         try:
-            probe = fewshot.load_probe(self._probe_file_edit.value)
+            probe = fewshot.load_probe(self._probe_file_edit.value, trust_pickle=self._trust_edit.value)
             fewshot.load_features(str(self._features_edit.value))  # says how to make a missing one
             heat, seg = fewshot.predict_maps(str(self._features_edit.value), probe)
         except (fewshot.FewShotError, FeatureFileError, ValueError, OSError) as err:

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .._progress import progress_bar
-from ..writers._atomic import atomic_path
+from .._atomic import OutputKind, atomic_path, read_small_json
 from .augment import FLIP_VARIANTS, View
 from .pairs import PairDataset, PairIndex
 from .teacher import embed_crops, model_identity
@@ -49,6 +49,15 @@ CACHE_FORMAT = "napari-xmag-teacher-cache"
 CACHE_VERSION = 1
 # Pairs per zarr shard (one file): many small chunks, few files.
 _SHARD = 256
+
+
+def _is_cache(path: Path) -> bool:
+    attrs = (read_small_json(path / "zarr.json") or {}).get("attributes") if path.is_dir() else None
+    return isinstance(attrs, dict) and attrs.get("format") == CACHE_FORMAT
+
+
+#: What ``build_teacher_cache`` writes (it never replaces a cache: delete one to rebuild it).
+CACHE_KIND = OutputKind("teacher cache", _is_cache)
 
 
 class CacheMismatchError(ValueError):
@@ -64,13 +73,10 @@ class TeacherCache:
     """
 
     def __init__(self, path: str | Path, *, in_memory: bool = False) -> None:
-        import zarr
+        from ..formats import zarr as zarr_store
 
         self.path = Path(path)
-        try:
-            group = zarr.open_group(str(self.path), mode="r")
-        except Exception as exc:  # zarr raises several types for a missing or foreign store
-            raise CacheMismatchError(f"{self.path}: not a teacher cache ({exc})") from None
+        group = zarr_store.open_group(self.path, CacheMismatchError, "teacher cache")
         self.attrs: dict[str, Any] = dict(group.attrs)
         if self.attrs.get("format") != CACHE_FORMAT:
             raise CacheMismatchError(f"{self.path}: not a napari-xmag teacher cache")
@@ -174,7 +180,7 @@ def build_teacher_cache(
     description = f"teacher cache ({len(variants)} variant{'s' * (len(variants) > 1)})"
     bar = progress_bar(progress, n, description, unit="pair")
     try:
-        with atomic_path(path) as tmp:  # also removes what a killed build left
+        with atomic_path(path, CACHE_KIND) as tmp:  # also removes what a killed build left
             group = zarr.open_group(str(tmp), mode="w")
             shard = min(_SHARD, max(1, n))
             student_array = group.create_array(

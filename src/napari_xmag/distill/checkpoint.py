@@ -21,11 +21,46 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..writers._atomic import atomic_path
+from .._atomic import OutputKind, atomic_path
 
-__all__ = ["CHECKPOINT_NAME", "get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_KIND",
+    "CHECKPOINT_NAME",
+    "CheckpointError",
+    "get_rng_state",
+    "load_checkpoint",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "napari-xmag-train-checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A training checkpoint cannot be resumed from: missing, damaged, or carrying code."""
+
+
+def is_checkpoint(path: Path) -> bool:
+    """True for a checkpoint :func:`save_checkpoint` wrote: a torch zip whose pickle (the
+    structure, small; the tensors are separate entries) names our format. Never raises."""
+    import zipfile
+
+    try:
+        if not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            pickles = [i for i in archive.infolist() if i.filename.endswith("/data.pkl")]
+            if len(pickles) != 1 or pickles[0].file_size > 64 << 20:
+                return False
+            return CHECKPOINT_FORMAT.encode() in archive.read(pickles[0])
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+#: What ``save_checkpoint`` may replace: a checkpoint of ours.
+CHECKPOINT_KIND = OutputKind("training checkpoint", is_checkpoint)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -63,7 +98,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary sibling, fsync, rename)."""
     path = Path(path)
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+    with atomic_path(path, CHECKPOINT_KIND) as tmp, tmp.open("wb") as fh:
         torch.save(state, fh)
         fh.flush()
         os.fsync(fh.fileno())
@@ -71,7 +106,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The state a checkpoint holds, read with ``weights_only=True``: a checkpoint carrying code is
+    refused in one line (:class:`CheckpointError`), never unpickled."""
+    from ..models.weights import torch_load_safely
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path}: no checkpoint to resume from")
+    state = torch_load_safely(path, CheckpointError, "training checkpoint")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a napari-xmag training checkpoint")
+    return state

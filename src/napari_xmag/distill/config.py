@@ -15,9 +15,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .._paths import MAX_LIST_BYTES, file_problem
 from .pairs import FIVE_X_SOURCES, PairSettings, SlideEntry, read_slide_list
 
-__all__ = ["PRECISIONS", "RUNTIME_FIELDS", "TrainConfig"]
+__all__ = ["CONFIG_FORMAT", "PRECISIONS", "RUNTIME_FIELDS", "TrainConfig"]
+
+#: The ``format`` of the ``config.json`` a run writes (``--config`` takes it back as it is).
+CONFIG_FORMAT = "napari-xmag-distill-config"
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: Fields that may change when a run is resumed: they do not change what is computed.
@@ -121,6 +125,10 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.five_x_source not in FIVE_X_SOURCES:
             raise ValueError(f"five_x_source must be one of {FIVE_X_SOURCES}, not {self.five_x_source!r}")
+        from ..models.factory import check_overrides
+
+        check_overrides(self.teacher_overrides, "teacher_overrides")  # before any slide is read
+        check_overrides(self.student_overrides, "student_overrides")
         if self.cache is not None and self.jitter:
             raise ValueError(
                 "jitter=True cannot be used with a teacher cache: colour jitter changes the teacher's"
@@ -144,6 +152,7 @@ class TrainConfig:
 
     # ---- plain data ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Plain data; :meth:`from_dict` takes it back (with or without the ``format`` key)."""
         out = asdict(self)
         out["out_dir"] = str(self.out_dir)
         out["cache"] = None if self.cache is None else str(self.cache)
@@ -151,6 +160,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        data = {k: v for k, v in data.items() if not (k == "format" and v == CONFIG_FORMAT)}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -160,9 +170,12 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
         path = Path(path)
+        problem = file_problem(path, max_bytes=MAX_LIST_BYTES)
+        if problem:
+            raise ValueError(f"{path}: cannot read the training configuration: {problem}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: cannot read the training configuration: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training configuration is a JSON object")

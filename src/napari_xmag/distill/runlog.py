@@ -13,13 +13,39 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..writers._atomic import atomic_path
+from .._atomic import OutputKind, atomic_path
 
 __all__ = ["LOG_COLUMNS", "RunLog", "read_log"]
 
 LOG_COLUMNS = (
     "step", "epoch", "lr", "loss", "loss_global", "loss_local", "grad_norm", "loss_scale", "pairs_per_s",
 )
+
+
+def is_run_log(path: Path) -> bool:
+    """True for a ``log.csv`` a run wrote: its header is :data:`LOG_COLUMNS`. Never raises."""
+    try:
+        if not path.is_file():
+            return False
+        with path.open(encoding="utf-8") as fh:
+            return fh.readline(4096).strip() == ",".join(LOG_COLUMNS)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def is_tensorboard_folder(path: Path) -> bool:
+    """True for a folder holding TensorBoard event files only (what a run writes there)."""
+    try:
+        return path.is_dir() and not path.is_symlink() and all(
+            e.is_file(follow_symlinks=False) and e.name.startswith("events.out.tfevents.")
+            for e in os.scandir(path)
+        )
+    except OSError:
+        return False
+
+
+LOG_KIND = OutputKind("training log", is_run_log)
+TENSORBOARD_KIND = OutputKind("TensorBoard folder", is_tensorboard_folder)
 
 
 class RunLog:
@@ -87,7 +113,7 @@ def _truncate_csv(path: Path, last_step: int) -> None:
         return
     rows = read_log(path)
     keep = [r for r in rows if None not in r.values() and r["step"].isdigit() and int(r["step"]) <= last_step]
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path, LOG_KIND) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(keep)

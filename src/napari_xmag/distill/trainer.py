@@ -33,11 +33,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._atomic import ANY_FILE, OutputKind, atomic_path, check_target, read_small_json, write_json
 from ..models import create_model, head_dims, resolve_device, save_model
-from ..writers._atomic import atomic_path
+from ..models.factory import MODEL_FOLDER_KIND
 from .cache import TeacherCache, build_teacher_cache
-from .checkpoint import CHECKPOINT_NAME, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from .config import TrainConfig
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_KIND,
+    CHECKPOINT_NAME,
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import CONFIG_FORMAT, TrainConfig
 from .evaluate import (
     Alignment,
     constant_alignment,
@@ -50,7 +59,7 @@ from .losses import distillation_loss
 from .optim import ModelEma, param_groups, warmup_cosine
 from .order import ResumableSampler
 from .pairs import PairDataset, PairIndex
-from .runlog import RunLog
+from .runlog import LOG_KIND, TENSORBOARD_KIND, RunLog
 from .teacher import autocast, embed_crops, freeze, model_identity
 
 log = logging.getLogger(__name__)
@@ -58,7 +67,6 @@ log = logging.getLogger(__name__)
 __all__ = ["EXPORT_NAME", "NoPairsError", "TrainError", "TrainResult", "resolve_precision", "train"]
 
 EXPORT_NAME = "student"
-CHECKPOINT_FORMAT = "napari-xmag-train-checkpoint"
 # Training pairs whose teacher targets give the baseline's training mean, and held-out pairs
 # kept in memory for evaluation (at 224 px: 150 KB each, 600 MB).
 _MEAN_PAIRS = 2048
@@ -91,18 +99,21 @@ class TrainResult:
         return self.steps >= self.total_steps
 
 
-def train(config: TrainConfig, *, resume: Resume = False, stop_at: int | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, *, resume: Resume = False, stop_at: int | None = None, overwrite: bool = False
+) -> TrainResult:
     """Run (or continue) the distillation described by ``config``.
 
     ``resume``: True continues from ``out_dir/checkpoint.pt``, a path from that checkpoint; the
     continued run computes exactly what the uninterrupted one would (same data order, same
-    augmentations, same optimiser and random states). Without ``resume`` an ``out_dir`` that
-    already holds a checkpoint is an error. ``stop_at``: checkpoint and return once the run
-    reaches this step (a time-limited job; resume it later).
+    augmentations, same optimiser and random states). A fresh run refuses an ``out_dir`` that
+    holds an earlier run's outputs, or files of the same names that no run wrote, unless
+    ``overwrite`` (other files there are never touched). ``stop_at``: checkpoint and return once
+    the run reaches this step (a time-limited job; resume it later).
     """
     dist = _setup_distributed(config.device)
     try:
-        return _Run(config, dist, resume).run(stop_at)
+        return _Run(config, dist, resume, overwrite).run(stop_at)
     finally:
         if dist.owns_group:
             torch.distributed.destroy_process_group()
@@ -205,9 +216,12 @@ def _even_sample(index: PairIndex, count: int) -> PairIndex:
 class _Run:
     """One run's state: data, models, optimisation, logs; built, resumed, stepped, saved."""
 
-    def __init__(self, config: TrainConfig, dist: _Dist, resume: Resume) -> None:
+    def __init__(self, config: TrainConfig, dist: _Dist, resume: Resume, overwrite: bool = False) -> None:
         self.config, self.dist, self.out = config, dist, config.out_dir
         state = _resume_state(config, resume)
+        if state is None:
+            _check_fresh_outputs(config, resume, overwrite)
+        self.overwrite = overwrite
         self.device = dist.device
         self.amp, use_scaler = resolve_precision(config.precision, self.device)
 
@@ -248,7 +262,8 @@ class _Run:
             self._load(state)
         elif dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _write_json(self.out / "config.json", config.to_dict())
+            _write_json(self.out / "config.json", {"format": CONFIG_FORMAT, **config.to_dict()},
+                        overwrite=self.overwrite)
 
     def _data(self) -> None:
         config, dist = self.config, self.dist
@@ -390,21 +405,67 @@ class _Run:
                 if metrics is not None:
                     metrics["final"] = metrics["steps"][str(self.total)]
                     _write_json(self.out / "metrics.json", metrics)
-                export = _export(self.ema.module, self.teacher, self.config, self.out, self.total, metrics)
+                export = _export(self.ema.module, self.teacher, self.config, self.out, self.total, metrics,
+                                 self.overwrite)
             self.dist.barrier()
         return TrainResult(self.out, self.step, self.total, export, metrics, self.ema.module, self.student,
                            self.dist.rank)
 
 
 # ---- before and after ---------------------------------------------------------------------------
+def _is_run_config(path: Path) -> bool:
+    data = read_small_json(path)
+    if not isinstance(data, dict):
+        return False
+    return data.get("format") == CONFIG_FORMAT or {"slides", "out_dir", "teacher", "student"} <= set(data)
+
+
+def _is_run_metrics(path: Path) -> bool:
+    data = read_small_json(path)
+    return isinstance(data, dict) and {"train_pairs", "heldout_pairs", "baseline", "steps"} <= set(data)
+
+
+#: What a run writes into its output folder, and how each is known to be a run's own.
+RUN_OUTPUTS: dict[str, OutputKind] = {
+    "config.json": OutputKind("training configuration", _is_run_config),
+    CHECKPOINT_NAME: CHECKPOINT_KIND,
+    "log.csv": LOG_KIND,
+    "metrics.json": OutputKind("training metrics", _is_run_metrics),
+    "tensorboard": TENSORBOARD_KIND,
+    EXPORT_NAME: MODEL_FOLDER_KIND,
+}
+
+
+def _check_fresh_outputs(config: TrainConfig, resume: Resume, overwrite: bool) -> None:
+    """Before a run starts from step 0: nothing an earlier run (or anyone) left under the names a
+    run writes may be replaced without ``overwrite``.
+
+    A resumed run with no checkpoint yet (killed before its first) is the same run: its own
+    outputs, with the same configuration, are started again.
+    """
+    out = config.out_dir
+    same_run = bool(resume) and _same_config(out / "config.json", config)
+    for name, kind in RUN_OUTPUTS.items():
+        path = out / name
+        if not check_target(path, kind, overwrite) or overwrite or same_run:
+            continue
+        raise TrainError(
+            f"{path}: {out} holds an earlier run ({name}); resume it (--resume), start it again with"
+            " --overwrite, or choose another output folder"
+        )
+
+
+def _same_config(path: Path, config: TrainConfig) -> bool:
+    data = read_small_json(path)
+    try:
+        return isinstance(data, dict) and not config.differences(TrainConfig.from_dict(data))
+    except (TypeError, ValueError):
+        return False
+
+
 def _resume_state(config: TrainConfig, resume: Resume) -> dict[str, Any] | None:
     existing = config.out_dir / CHECKPOINT_NAME
     if not resume:
-        if existing.exists():
-            raise TrainError(
-                f"{config.out_dir}: holds a checkpoint of an earlier run; resume it (--resume) or"
-                " choose another output folder"
-            )
         return None
     if resume is True and not existing.exists():
         # a job killed before its first checkpoint, or a requeue script that always resumes
@@ -413,9 +474,7 @@ def _resume_state(config: TrainConfig, resume: Resume) -> dict[str, Any] | None:
     path = existing if resume is True else Path(resume)
     if not path.is_file():
         raise TrainError(f"{path}: no checkpoint to resume from")
-    state = load_checkpoint(path)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path}: not a napari-xmag training checkpoint")
+    state = load_checkpoint(path)  # CheckpointError: not ours, damaged, or carrying code
     differ = config.differences(TrainConfig.from_dict(state["config"]))
     if differ:
         what = ", ".join(f"{k}: {b!r} -> {a!r}" for k, (a, b) in differ.items())
@@ -458,7 +517,8 @@ def _prepare_cache(config: TrainConfig, index: PairIndex, teacher: Any, dist: _D
     return cache
 
 
-def _export(ema: Any, teacher: Any, config: TrainConfig, out: Path, steps: int, metrics: dict | None) -> Path:
+def _export(ema: Any, teacher: Any, config: TrainConfig, out: Path, steps: int, metrics: dict | None,
+            overwrite: bool = False) -> Path:
     """The EMA student with both heads, as a model folder, plus how it was made.
 
     The folder appears whole, ``distillation.json`` included; a run killed while exporting left
@@ -477,15 +537,14 @@ def _export(ema: Any, teacher: Any, config: TrainConfig, out: Path, steps: int, 
         "heldout": metrics,
     }
     folder = out / EXPORT_NAME
-    with atomic_path(folder) as tmp:
+    with atomic_path(folder, MODEL_FOLDER_KIND, overwrite=overwrite) as tmp:
         save_model(ema, tmp)
         _write_json(tmp / "distillation.json", how)
     return folder
 
 
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+def _write_json(path: Path, data: Any, *, overwrite: bool = False) -> None:
+    write_json(path, data, RUN_OUTPUTS.get(path.name, ANY_FILE), overwrite=overwrite)
 
 
 def _read_json(path: Path) -> Any:

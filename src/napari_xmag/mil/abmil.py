@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..writers._atomic import atomic_path
+from .._atomic import OutputKind, atomic_path
 
 __all__ = [
     "ABMIL",
@@ -186,15 +186,36 @@ def predict_bag(model: ABMIL, bag: np.ndarray | torch.Tensor) -> tuple[np.ndarra
     )
 
 
-def save_abmil(model: ABMIL, path: str | os.PathLike[str], classes: Sequence[str] | None = None) -> Path:
+ABMIL_FORMAT = "napari-xmag-abmil"
+
+
+def _is_abmil_file(path: Path) -> bool:
+    try:
+        from safetensors import safe_open
+
+        if not path.is_file():
+            return False
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == ABMIL_FORMAT
+    except Exception:  # any file at all: not ours
+        return False
+
+
+#: What ``save_abmil`` may replace: an ABMIL head of ours.
+ABMIL_KIND = OutputKind("ABMIL head", _is_abmil_file)
+
+
+def save_abmil(
+    model: ABMIL, path: str | os.PathLike[str], classes: Sequence[str] | None = None, *, overwrite: bool = False
+) -> Path:
     """Write the head as safetensors, its config (and class names) in the file's metadata."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    metadata = {"format": "napari-xmag-abmil", "config": json.dumps(model.config),
+    metadata = {"format": ABMIL_FORMAT, "config": json.dumps(model.config),
                 "classes": json.dumps(list(classes or []))}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, ABMIL_KIND, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp), metadata)
     return path
 
@@ -206,7 +227,7 @@ def load_abmil(path: str | os.PathLike[str], device: str = "cpu") -> tuple[ABMIL
 
     with safe_open(str(path), framework="pt") as f:
         metadata: dict[str, Any] = f.metadata() or {}
-    if metadata.get("format") != "napari-xmag-abmil":
+    if metadata.get("format") != ABMIL_FORMAT:
         raise ValueError(f"{path}: not an ABMIL head written by napari-xmag")
     model = ABMIL(**json.loads(metadata["config"]))
     model.load_state_dict(load_file(str(path)))

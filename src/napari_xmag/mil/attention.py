@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ..writers._atomic import atomic_path
+from .._atomic import atomic_path
+from ..formats.h5 import format_kind
 
 __all__ = [
     "ATTENTION_FORMAT",
@@ -44,6 +45,8 @@ __all__ = [
 
 ATTENTION_FORMAT = "napari-xmag-attention"
 ATTENTION_VERSION = 1
+#: What ``write_attention`` may replace: an attention file of ours.
+ATTENTION_KIND = format_kind("attention file", ATTENTION_FORMAT)
 
 
 @dataclass
@@ -88,7 +91,7 @@ def attention_path(out_dir: str | os.PathLike[str], stem: str) -> Path:
     return Path(out_dir) / "attention" / f"{stem}.h5"
 
 
-def write_attention(path: str | os.PathLike[str], data: AttentionMap) -> Path:
+def write_attention(path: str | os.PathLike[str], data: AttentionMap, *, overwrite: bool = False) -> Path:
     """Write one slide's attention file atomically (temporary sibling, then rename)."""
     import h5py
 
@@ -98,7 +101,7 @@ def write_attention(path: str | os.PathLike[str], data: AttentionMap) -> Path:
     n = len(data.coords)
     if data.attention.shape != (n,) or data.logits.shape != (n,):
         raise ValueError(f"{n} coords but attention {data.attention.shape}, logits {data.logits.shape}")
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path, ATTENTION_KIND, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         coords = f.create_dataset("coords", data=np.asarray(data.coords, np.int64).reshape(-1, 2))
         f.create_dataset("attention", data=np.asarray(data.attention, np.float32))
         f.create_dataset("attention_logits", data=np.asarray(data.logits, np.float32))

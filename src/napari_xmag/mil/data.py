@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._json import write_json
+from .._atomic import write_json
+from .._paths import MAX_LIST_BYTES, file_problem
 from ..features import FeatureFileError, FeatureSet, read_features
 from ..slide_list import SLIDE_SUFFIXES
 
@@ -91,8 +92,9 @@ def _sorted_classes(labels: list[str]) -> list[str]:
 def read_labels(path: str | os.PathLike[str]) -> LabelTable:
     """Read a slide-label or patch-label CSV (see the module docstring)."""
     path = Path(path)
-    if not path.is_file():
-        raise MILError(f"{path}: no such labels file")
+    problem = file_problem(path, max_bytes=MAX_LIST_BYTES)
+    if problem:
+        raise MILError(f"{path}: no such labels file" if problem == "no such file" else f"{path}: {problem}")
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = {name.strip().lower(): name for name in (reader.fieldnames or [])}

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from .._atomic import check_target, json_kind
 from ..features import FeatureSet
-from .attention import AttentionMap, attention_attrs, attention_path, write_attention
+from .attention import ATTENTION_KIND, AttentionMap, attention_attrs, attention_path, write_attention
 from .data import LabelTable, MILError, load_bags, read_labels, stratified_folds, write_json
 from .metrics import classification_metrics, format_summary, summarise
 from .probe import linear_probe
@@ -25,6 +26,9 @@ from .probe import linear_probe
 __all__ = ["METHODS", "MILResult", "cross_validate_abmil", "probe_table", "run_eval"]
 
 METHODS = ("probe", "abmil", "both")
+EVAL_FORMAT = "napari-xmag-eval"
+#: What ``run_eval`` may replace at ``OUT/report.json``: an evaluation report of ours.
+EVAL_REPORT_KIND = json_kind("evaluation report", EVAL_FORMAT)
 
 
 @dataclass
@@ -160,9 +164,14 @@ def run_eval(
     abmil: Any = None,
     max_patches_per_slide: int | None = 1000,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Probe and/or ABMIL, cross-validated; writes ``OUT/report.json`` and returns it."""
-    from .abmil import ABMILSettings, save_abmil, settings_dict
+    """Probe and/or ABMIL, cross-validated; writes ``OUT/report.json`` and returns it.
+
+    Files already at the outputs' names that are not ours (``report.json``, ``attention/*.h5``,
+    ``abmil/fold*.safetensors``) are refused before any work, unless ``overwrite``.
+    """
+    from .abmil import ABMIL_KIND, ABMILSettings, save_abmil, settings_dict
 
     if method not in METHODS:
         raise MILError(f"method must be one of {METHODS}, not {method!r}")
@@ -174,10 +183,16 @@ def run_eval(
                        " this file labels patches")
     if table.kind == "slide":  # "fewer slides than folds" before reading any features
         stratified_folds(table.y, folds, seed, unit="slides")
+    check_target(out_dir / "report.json", EVAL_REPORT_KIND, overwrite)
+    if method in ("abmil", "both") and table.kind == "slide":
+        for stem in table.stems:
+            check_target(attention_path(out_dir, stem), ATTENTION_KIND, overwrite)
+        for k in range(folds):
+            check_target(out_dir / "abmil" / f"fold{k}.safetensors", ABMIL_KIND, overwrite)
     bags = load_bags(table, features_dir)
     abmil = abmil or ABMILSettings()
     report: dict[str, Any] = {
-        "format": "napari-xmag-eval",
+        "format": EVAL_FORMAT,
         "labels": str(table.path), "features": str(Path(features_dir)), "label_kind": table.kind,
         "classes": table.classes, "class_counts": table.class_counts(), "slides": len(table.slides),
         "folds": folds, "seed": seed, "method": method, "xmag_version": __version__, "notes": [],
@@ -196,17 +211,17 @@ def run_eval(
         )
         for i, stem in enumerate(table.stems):
             weights, logits = result.attention[i]
-            write_attention(attention_path(out_dir, stem), AttentionMap(
+            write_attention(attention_path(out_dir, stem), overwrite=overwrite, data=AttentionMap(
                 bags[stem].coords, weights, logits,
                 attrs=attention_attrs(stem, table.classes, table.y[i], result.probabilities[i],
                                       result.fold_of[i], "abmil", bags[stem].attrs.get("slide_path", stem)),
                 coords_attrs=bags[stem].coords_attrs,
             ))
         for k, model in enumerate(result.models):
-            save_abmil(model, out_dir / "abmil" / f"fold{k}.safetensors", table.classes)
+            save_abmil(model, out_dir / "abmil" / f"fold{k}.safetensors", table.classes, overwrite=overwrite)
         report["abmil"] = {**result.to_dict(table.y), "settings": settings_dict(abmil),
                            "attention_dir": str(out_dir / "attention")}
         say(f"abmil: {format_summary(result.summary)}")
-    write_json(out_dir / "report.json", report)
+    write_json(out_dir / "report.json", report, EVAL_REPORT_KIND, overwrite=overwrite)
     return report
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
+from .._atomic import check_target, json_kind
 from ..distill.losses import distillation_loss
 from ..slide import SlideError
 from .abmil import ABMIL, class_weights, predict_bag, save_abmil, seeded
@@ -51,6 +52,9 @@ from .student import (
 from .targets import cache_teacher_targets, read_targets
 
 __all__ = ["FinetuneSettings", "SlideBag", "finetune_cv", "prepare_bags", "resolve_slides", "run_finetune"]
+
+FINETUNE_FORMAT = "napari-xmag-finetune"
+FINETUNE_REPORT_KIND = json_kind("fine-tuning report", FINETUNE_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -186,10 +190,7 @@ def finetune_cv(
     if table.kind != "slide":
         raise MILError(f"{table.path}: fine-tuning needs one label per slide (slide,label)")
     splits = stratified_folds(table.y, folds, seed, unit="slides")
-    earlier = [p for p in (out_dir / "report.json", *out_dir.glob("fold*/student")) if p.exists()]
-    if earlier and not overwrite:
-        raise MILError(f"{out_dir}: holds a finished run ({earlier[0].relative_to(out_dir)}); pass"
-                       " --overwrite or choose another --out")
+    _check_outputs(out_dir, [b.stem for b in bags], folds, overwrite)
     distill = settings.distill_weight > 0
     if distill:
         if teacher is None:
@@ -217,18 +218,18 @@ def finetune_cv(
         held_out = _predict_held_out(model, abmil, bags, test, settings, device, prob)
         for i, (weights, logits) in held_out.items():
             fold_of[i] = k
-            write_attention(attention_path(out_dir, bags[i].stem), AttentionMap(
+            write_attention(attention_path(out_dir, bags[i].stem), overwrite=overwrite, data=AttentionMap(
                 bags[i].coords, weights, logits, coords_attrs=bags[i].coords_attrs,
                 attrs=attention_attrs(bags[i].stem, table.classes, table.y[i], prob[i], k, "finetune",
                                       str(bags[i].path)),
             ))
         per_fold.append(classification_metrics(table.y[test], prob[test]))
         save_model(model, out_dir / f"fold{k}" / "student", overwrite=overwrite)
-        save_abmil(abmil, out_dir / f"fold{k}" / "abmil.safetensors", table.classes)
+        save_abmil(abmil, out_dir / f"fold{k}" / "abmil.safetensors", table.classes, overwrite=overwrite)
     summary = summarise(per_fold)
     say(f"finetune: {format_summary(summary)}")
     report = {
-        "format": "napari-xmag-finetune",
+        "format": FINETUNE_FORMAT,
         "labels": str(table.path), "classes": table.classes, "class_counts": table.class_counts(),
         "slides": len(bags), "folds": folds, "seed": seed,
         "student": {"model": student.name, "weights": student.weights.to_dict(), "tiny": student.tiny},
@@ -246,8 +247,26 @@ def finetune_cv(
         "seconds": round(time.perf_counter() - start, 2),
         "xmag_version": __version__,
     }
-    write_json(out_dir / "report.json", report)
+    write_json(out_dir / "report.json", report, FINETUNE_REPORT_KIND, overwrite=overwrite)
     return report
+
+
+def _check_outputs(out_dir: Path, stems: Sequence[str], folds: int, overwrite: bool) -> None:
+    """Before any work: a finished run of ours is replaced only with ``overwrite``, and files of
+    the outputs' names that are not ours are refused (unless ``overwrite``)."""
+    from ..models.factory import MODEL_FOLDER_KIND
+    from .abmil import ABMIL_KIND
+    from .attention import ATTENTION_KIND
+
+    targets = [(out_dir / "report.json", FINETUNE_REPORT_KIND)]
+    for k in range(folds):
+        targets += [(out_dir / f"fold{k}" / "student", MODEL_FOLDER_KIND),
+                    (out_dir / f"fold{k}" / "abmil.safetensors", ABMIL_KIND)]
+    targets += [(attention_path(out_dir, stem), ATTENTION_KIND) for stem in stems]
+    earlier = [path for path, kind in targets if check_target(path, kind, overwrite)]
+    if earlier and not overwrite:
+        raise MILError(f"{out_dir}: holds a finished run ({earlier[0].relative_to(out_dir)}); pass"
+                       " --overwrite or choose another --out")
 
 
 def _train_fold(
@@ -391,6 +410,7 @@ def run_finetune(
         raise MILError(f"{table.path}: fine-tuning needs one label per slide (slide,label)")
     stratified_folds(table.y, folds, seed, unit="slides")  # fail before loading any model
     paths = resolve_slides(table, slides_dir)
+    _check_outputs(Path(out_dir), table.stems, folds, overwrite)  # before any model is built
     distill = settings.distill_weight > 0
     student_model = create_model(student, weights=student_weights, heads=True if distill else None, tiny=tiny)
     teacher_model = create_model(teacher, weights=teacher_weights, tiny=tiny) if distill else None

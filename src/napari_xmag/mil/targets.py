@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import __version__
-from ..writers._atomic import atomic_path
+from .._atomic import atomic_path
+from .._paths import file_problem
+from ..formats.h5 import format_kind
 from .data import MILError
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["TARGETS_FORMAT", "cache_teacher_targets", "read_targets"]
 
 TARGETS_FORMAT = "napari-xmag-teacher-targets"
+TARGETS_KIND = format_kind("teacher targets file", TARGETS_FORMAT)
 
 
 def cache_teacher_targets(
@@ -61,7 +64,7 @@ def _write_targets(
 ) -> Path:
     import h5py
 
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path, TARGETS_KIND) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("coords", data=bag.coords)
         f.create_dataset("crop_coords", data=bag.crops)
         f.create_dataset("teacher_cls", data=cls.astype(np.float16))
@@ -96,18 +99,25 @@ def _check_targets(path: Path, bag: SlideBag, teacher: Any) -> None:
 @contextlib.contextmanager
 def _open_targets(path: Path) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
     """(teacher_cls array-like, coords or None, attributes) of an h5, zarr or npy cache."""
+    from ..formats import h5
+    from ..formats import zarr as zarr_store
+
     if path.suffix == ".npy":
-        yield np.load(path, mmap_mode="r"), None, {}
+        problem = file_problem(path)
+        if problem:
+            raise MILError(f"{path}: {problem}")
+        try:
+            yield np.load(path, mmap_mode="r", allow_pickle=False), None, {}
+        except ValueError as err:
+            raise MILError(f"{path}: not readable teacher targets ({err})") from None
     elif path.suffix == ".zarr":
-        import zarr
-
-        root = zarr.open_group(str(path), mode="r")
-        yield root["teacher_cls"], root.get("coords"), dict(root.attrs)
+        root = zarr_store.open_group(path, MILError, "teacher targets store")
+        coords = zarr_store.array(root, "coords", path, MILError) if "coords" in root else None
+        yield zarr_store.array(root, "teacher_cls", path, MILError, min_written=1.0), coords, dict(root.attrs)
     else:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            yield f["teacher_cls"], f.get("coords"), dict(f.attrs)
+        with h5.open_h5(path, MILError, "teacher targets file") as f:
+            coords = h5.dataset(f, "coords", path, MILError) if "coords" in f else None
+            yield h5.dataset(f, "teacher_cls", path, MILError), coords, dict(f.attrs)
 
 
 def read_targets(path: Path, idx: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ JSON values) rebuild the exact architecture.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import math
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..writers._atomic import atomic_path
+from .._atomic import OutputExistsError, OutputKind, atomic_path, read_small_json
 from . import zoo as _zoo  # noqa: F401  (registers the entries)
 from .heads import build_heads
 from .model import XmagModel
@@ -70,6 +71,16 @@ _LAYERS: Mapping[str, tuple[str, str]] = {
     "gelu": ("torch.nn", "GELU"),
 }
 _LAYER_ARGS = ("mlp_layer", "act_layer")
+#: The timm arguments a model folder's config.json or a training configuration may set: the
+#: shape of the architecture, nothing that names a file, a URL or a callable (timm's
+#: ``checkpoint_path`` would torch.load a file, and older timm did so with full unpickling).
+ARCH_OVERRIDE_KEYS = frozenset({
+    "img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
+    "mlp_ratio", "qkv_bias", "qk_norm", "init_values", "class_token", "no_embed_class", "reg_tokens",
+    "pos_embed", "pre_norm", "final_norm", "fc_norm", "dynamic_img_size", "dynamic_img_pad",
+    "drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate",
+    "mlp_layer", "act_layer",
+})
 
 
 RANDOM_SEED = 0  # random weights are a fixed draw: the same model in every run
@@ -111,14 +122,26 @@ def _layer(value: Any) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _check_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+def check_overrides(overrides: Mapping[str, Any] | None, source: str = "architecture overrides") -> dict[str, Any]:
+    """Overrides limited to :data:`ARCH_OVERRIDE_KEYS`, with plain JSON values."""
     out = dict(overrides or {})
+    refused = sorted(str(k) for k in out if k not in ARCH_OVERRIDE_KEYS)
+    if refused:
+        raise ValueError(
+            f"{source}: refused {', '.join(refused)}: only the architecture's shape may be overridden"
+            f" ({', '.join(sorted(ARCH_OVERRIDE_KEYS))}); nothing that loads files or code"
+        )
+    for key, value in out.items():
+        plain = value is None or isinstance(value, (bool, int, float, str)) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value))
+        if not plain:
+            raise ValueError(f"{source}: {key} must be a number, a string or a list of numbers, not {value!r}")
+        if key in _LAYER_ARGS and value not in _LAYERS:
+            raise ValueError(f"{source}: {key} {value!r} is not one of {', '.join(_LAYERS)}")
     try:
         json.dumps(out)
-    except TypeError as exc:
-        raise ValueError(
-            f"architecture overrides must be JSON values (they go into config.json): {exc}"
-        ) from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source} must be JSON values (they go into config.json): {exc}") from exc
     return out
 
 
@@ -135,7 +158,7 @@ def build_backbone(
     kwargs: dict[str, Any] = dict(spec.arch_kwargs)
     if tiny:
         kwargs.update(spec.tiny_kwargs)
-    kwargs.update(_check_overrides(overrides))
+    kwargs.update(check_overrides(overrides))
     for key in _LAYER_ARGS:
         if key in kwargs:
             kwargs[key] = _layer(kwargs[key])
@@ -180,10 +203,9 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         return None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"cannot read {path}: {exc}") from exc
+    config = read_small_json(path, limit=16 << 20)
+    if config is None:
+        raise WeightsError(f"cannot read {path}: not a JSON file (or larger than 16 MiB)")
     if not isinstance(config, dict) or not isinstance(config.get("model"), str):
         return None
     try:
@@ -206,9 +228,9 @@ def save_model(model: XmagModel, folder: str | os.PathLike[str], *, overwrite: b
     from .. import __version__
 
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder} exists; pass overwrite=True to replace it")
-    with atomic_path(folder) as tmp:  # an existing folder is replaced whole, never half
+    if MODEL_FOLDER_KIND.is_ours(folder) and not overwrite:
+        raise OutputExistsError(errno.EEXIST, f"{folder}: holds a saved model; pass overwrite=True to replace it")
+    with atomic_path(folder, MODEL_FOLDER_KIND, overwrite=overwrite) as tmp:  # replaced whole, never half
         tmp.mkdir()
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
         if model.heads is not None:
@@ -238,6 +260,15 @@ def save_model(model: XmagModel, folder: str | os.PathLike[str], *, overwrite: b
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return folder
+
+
+def _is_model_folder(path: Path) -> bool:
+    config = read_small_json(path / CONFIG_NAME, limit=16 << 20) if path.is_dir() else None
+    return isinstance(config, dict) and config.get("format") == CONFIG_FORMAT
+
+
+#: What ``save_model`` may replace: a model folder of ours.
+MODEL_FOLDER_KIND = OutputKind("model folder", _is_model_folder)
 
 
 # ----------------------------------------------------------------------------------------
@@ -326,7 +357,7 @@ def create_model(
     always gives a distilled student heads (fresh ones if the checkpoint has none);
     ``False`` never. ``tiny`` builds the spec's small test configuration.
     """
-    overrides = _check_overrides(overrides)
+    overrides = check_overrides(overrides)
     default_weights: Path | None = None
     config: dict[str, Any] = {}
     preloaded: tuple[Path, Any] | None = None
@@ -364,7 +395,7 @@ def create_model(
 
     if config:
         tiny = bool(config.get("tiny", tiny))
-        overrides = {**_check_overrides(config.get("overrides")), **overrides}
+        overrides = {**check_overrides(config.get("overrides"), f"{ref}: config.json overrides"), **overrides}
         if heads is None and config.get("heads"):
             heads = True
     if heads and spec.distilled_from is None:

@@ -142,20 +142,29 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
         raise WeightsError(
             f"unknown weight file type {path.name!r}; expected one of {', '.join(WEIGHT_SUFFIXES)}"
         )
+    return torch_load_safely(path, WeightsError)
+
+
+def torch_load_safely(path: str | os.PathLike[str], error: type[Exception], what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)``, its refusals turned into one line of ``error``.
+
+    torch's own message advises retrying with ``weights_only=False``, which would run the code
+    the file carries: the line says what was refused and how to convert a trusted file instead.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise WeightsError(
+        raise error(
             f"refused to read {path}: it holds Python objects that torch.load(weights_only=True) "
-            f"does not allow ({_unpickling_reason(exc)}). Such a pickle could run code when loaded, so it is "
+            f"does not allow ({unpickling_reason(exc)}). Such a pickle could run code when loaded, so it is "
             "never fully unpickled. If you trust the file, re-save just its tensors on a machine where "
             "running it is acceptable, e.g. safetensors.torch.save_file(state_dict, 'model.safetensors')."
-        ) from exc
+        ) from None
     except Exception as exc:
-        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint: {_first_line(exc)}") from exc
+        raise error(f"cannot read {path} as a {what}: {_first_line(exc)}") from None
 
 
-def _unpickling_reason(exc: BaseException) -> str:
+def unpickling_reason(exc: BaseException) -> str:
     """What torch's weights-only unpickler refused, without its advice to load with
     ``weights_only=False`` (which would run the code)."""
     for line in str(exc).splitlines():

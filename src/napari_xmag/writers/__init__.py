@@ -144,7 +144,9 @@ def _labels_colors(meta: dict[str, Any], attributes: Mapping[str, Any], arr: np.
     return {**meta, "classes": classes, "colors": colors}
 
 
-def save_maps(path: str | os.PathLike[str], maps: Sequence[SlideMap], split: str = "class") -> Path:
+def save_maps(
+    path: str | os.PathLike[str], maps: Sequence[SlideMap], split: str = "class", *, overwrite: bool = False
+) -> Path:
     """Write maps by the file's name: ``*.geojson`` takes the label map (k-means, probe classes),
     anything else is an OME-Zarr holding them all (at most one image map)."""
     maps = list(maps)
@@ -156,12 +158,13 @@ def save_maps(path: str | os.PathLike[str], maps: Sequence[SlideMap], split: str
                 f"{path}: GeoJSON holds one label map (kmeans, probe classes); these maps are {kinds}:"
                 " write them as .ome.zarr"
             )
-        return write_geojson(path, labels[0], split)
-    return write_ome_zarr(path, maps)
+        return write_geojson(path, labels[0], split, overwrite=overwrite)
+    return write_ome_zarr(path, maps, overwrite=overwrite)
 
 
 def write_layer_features(
-    path: str | os.PathLike[str], attributes: Mapping[str, Any], name: str = "layer"
+    path: str | os.PathLike[str], attributes: Mapping[str, Any], name: str = "layer", *,
+    overwrite: bool = False,
 ) -> Path:
     """Write the features a layer carries as a TRIDENT h5: a FeatureSet (or a dict with
     ``coords``, ``features``, ``attrs``, ``coords_attrs``) in ``metadata['xmag_features']``, or
@@ -189,4 +192,4 @@ def write_layer_features(
         data = read_features(source)
     if Path(path).suffix.lower() != ".h5":
         raise WriterError(f"{path}: features are written as TRIDENT .h5")
-    return write_features(path, data)
+    return write_features(path, data, overwrite=overwrite)

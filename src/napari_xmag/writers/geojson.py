@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import OutputKind, atomic_path
+from .._memory import too_big
+from .._paths import file_problem
 from ..maps import MapGrid, SlideMap, label_colors
-from ._atomic import atomic_path
 from .errors import WriterError
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
 
 GEOJSON_FORMAT = "napari-xmag-geojson"
 GEOJSON_VERSION = 1
+#: The largest GeoJSON read (parsed JSON takes several times its size in memory).
+MAX_GEOJSON_BYTES = 512 << 20
 PRECISION = 1e-3  # level-0 px
 SPLITS = ("class", "region")
 
@@ -142,10 +146,13 @@ def labels_to_geojson(m: SlideMap, split: str = "class") -> dict[str, Any]:
     }
 
 
-def write_geojson(path: str | os.PathLike[str], m: SlideMap, split: str = "class") -> Path:
-    """Write a label map's polygons as GeoJSON, atomically."""
+def write_geojson(
+    path: str | os.PathLike[str], m: SlideMap, split: str = "class", *, overwrite: bool = False
+) -> Path:
+    """Write a label map's polygons as GeoJSON, atomically; what is at ``path`` is replaced only
+    when it is a GeoJSON map of ours, or with ``overwrite``."""
     collection = labels_to_geojson(m, split)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, GEOJSON_KIND, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(collection, allow_nan=False), encoding="utf-8")
     return Path(path)
 
@@ -167,6 +174,9 @@ class Annotations:
 
 
 def _load(path: Path) -> dict[str, Any]:
+    problem = file_problem(path, max_bytes=MAX_GEOJSON_BYTES) or too_big(8 * path.stat().st_size)
+    if problem:
+        raise ValueError(problem)
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -174,7 +184,7 @@ def is_map_geojson(path: str | os.PathLike[str]) -> bool:
     """True for a GeoJSON written by :func:`write_geojson`; False (never an error) otherwise."""
     try:
         p = Path(path)
-        if not p.is_file() or p.suffix.lower() not in (".geojson", ".json"):
+        if file_problem(p) is not None or p.suffix.lower() not in (".geojson", ".json"):
             return False
         with p.open("rb") as fh:
             if b"napari-xmag-geojson" not in fh.read(1 << 16):  # our member comes first
@@ -184,6 +194,10 @@ def is_map_geojson(path: str | os.PathLike[str]) -> bool:
         return isinstance(info, dict) and info.get("format") == GEOJSON_FORMAT and bool(info.get("slide_mpp"))
     except (OSError, ValueError):
         return False
+
+
+#: What ``write_geojson`` may replace: a GeoJSON map of ours.
+GEOJSON_KIND = OutputKind("GeoJSON map", is_map_geojson)
 
 
 def _positive(value: Any) -> float | None:

@@ -32,17 +32,21 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import OutputKind, atomic_path, read_small_json
+from .._memory import format_size
 from ..maps import MAP_FORMAT, MapGrid, SlideMap
-from ._atomic import atomic_path
 from .errors import WriterError
 
-__all__ = ["NGFF_VERSION", "is_map_zarr", "read_ome_zarr", "write_ome_zarr"]
+__all__ = ["MAP_STORE_KIND", "MAX_MAP_CELLS", "NGFF_VERSION", "is_map_zarr", "read_ome_zarr", "write_ome_zarr"]
 
 NGFF_VERSION = "0.4"
 CHUNK = 256
 MAX_LEVELS = 5
 #: A level is added while the current one is at least this many cells on its short side.
 MIN_LEVEL_SIDE = 32
+#: The most cells (times channels) a map read back may hold: one cell per 10 µm of a 100 mm
+#: slide is 10^8; a store that declares more is damaged or made to exhaust memory.
+MAX_MAP_CELLS = 1 << 27
 
 
 def _slug(name: str) -> str:
@@ -181,8 +185,12 @@ def _check(m: SlideMap) -> None:
         raise WriterError(f"{m.name}: an image map is (H, W), (H, W, 3) RGB or (C, H, W), not {shape}")
 
 
-def write_ome_zarr(path: str | os.PathLike[str], maps: SlideMap | Sequence[SlideMap]) -> Path:
-    """Write at most one image map and any number of label maps into one OME-Zarr, atomically."""
+def write_ome_zarr(
+    path: str | os.PathLike[str], maps: SlideMap | Sequence[SlideMap], *, overwrite: bool = False
+) -> Path:
+    """Write at most one image map and any number of label maps into one OME-Zarr, atomically.
+
+    What is at ``path`` is replaced only when it is a map store of ours, or with ``overwrite``."""
     maps = [maps] if isinstance(maps, SlideMap) else list(maps)
     for m in maps:
         _check(m)
@@ -194,7 +202,7 @@ def write_ome_zarr(path: str | os.PathLike[str], maps: SlideMap | Sequence[Slide
         raise WriterError("nothing to write: no maps")
     import zarr
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, MAP_STORE_KIND, overwrite=overwrite) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         contents = []
         attrs: dict[str, Any] = {}
@@ -249,10 +257,9 @@ def write_ome_zarr(path: str | os.PathLike[str], maps: SlideMap | Sequence[Slide
 def _root_attrs(path: Path) -> dict[str, Any] | None:
     """The root group's attributes, read as JSON without zarr (v2 ``.zattrs`` or v3 ``zarr.json``)."""
     for name, inner in ((".zattrs", None), ("zarr.json", "attributes")):
-        f = path / name
-        if f.is_file():
-            data = json.loads(f.read_text(encoding="utf-8"))
-            data = data.get(inner, {}) if inner else data
+        data = read_small_json(path / name)
+        if data is not None:
+            data = data.get(inner, {}) if inner and isinstance(data, dict) else data
             return data.get("ome", data) if isinstance(data, dict) else None
     return None
 
@@ -268,6 +275,10 @@ def is_map_zarr(path: str | os.PathLike[str]) -> bool:
         return isinstance(info, dict) and info.get("format") == MAP_FORMAT
     except (OSError, ValueError):
         return False
+
+
+#: What ``write_ome_zarr`` may replace: a map store of ours.
+MAP_STORE_KIND = OutputKind("map store (OME-Zarr)", is_map_zarr)
 
 
 #: What zarr raises for damaged metadata or chunks: all of it is "not a readable store".
@@ -317,7 +328,16 @@ def _map_from_group(group: Any, path: Path, sub: str) -> SlideMap:
         raise FeatureFileError(f"{where} has no xmag map metadata")
     if "0" not in group or not isinstance(group["0"], zarr.Array):
         raise FeatureFileError(f"{where} has no level 0 array")
-    data = np.asarray(group["0"][...])
+    level0 = group["0"]
+    cells = int(np.prod(level0.shape, dtype=np.float64))
+    if cells > MAX_MAP_CELLS:
+        raise FeatureFileError(
+            f"{where}: level 0 declares {tuple(level0.shape)} cells ({format_size(cells * level0.dtype.itemsize)}),"
+            f" more than a map of any slide holds ({MAX_MAP_CELLS:,} cells): the store is damaged"
+        )
+    from ..formats import zarr as zarr_store
+
+    data = zarr_store.read(group, "0", path, FeatureFileError, factor=4.0)  # RGBA and colour copies
     kind = str(info.get("kind") or ("labels" if "image-label" in group.attrs else "heatmap"))
     rgb = bool(info.get("rgb"))
     if data.dtype.kind not in "biuf" or data.size == 0:
@@ -346,12 +366,14 @@ def _map_from_group(group: Any, path: Path, sub: str) -> SlideMap:
             grid = MapGrid.from_dict(meta["grid"])
         except (KeyError, TypeError, ValueError, AttributeError):
             grid = None
+    spatial = tuple(data.shape[:2] if rgb else data.shape[-2:])
+    if grid is not None and grid.shape != spatial:
+        raise FeatureFileError(f"{where}: level 0 is {spatial} cells but its grid is {grid.shape}: damaged")
     mpp = meta.get("slide_mpp")
     valid_mpp = isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and np.isfinite(mpp) and mpp > 0
     if not valid_mpp:
         meta.pop("slide_mpp", None)
     if grid is None and valid_mpp:
-        spatial = data.shape[:2] if rgb else data.shape[-2:]
         grid = MapGrid.from_transform(scale, translate, float(mpp), spatial)
     name = str(info.get("name") or path.stem)
     return SlideMap(data=data, scale=scale, translate=translate, kind=kind, name=name, metadata=meta,
@@ -371,8 +393,10 @@ def read_ome_zarr(path: str | os.PathLike[str]) -> list[SlideMap]:
         raise FeatureFileError(f"{p}: not a napari-xmag map store (no xmag map metadata)")
     import zarr
 
+    from ..formats import zarr as zarr_store
+
     try:
-        root = zarr.open_group(str(p), mode="r")
+        root = zarr_store.open_group(p, FeatureFileError, "napari-xmag map store")
         contents = root.attrs["xmag"].get("contents")
         if not (isinstance(contents, list) and contents and all(isinstance(c, str) for c in contents)):
             raise FeatureFileError(f"{p}: its list of maps (xmag contents) is missing or damaged")
