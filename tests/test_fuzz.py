@@ -14,8 +14,10 @@ Deterministic (``derandomize=True``, no example database) and bounded: a few sec
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -373,3 +375,102 @@ def test_damaged_ome_zarr_chunks(tmp_path, good_store, data) -> None:
         else:
             chunk.write_bytes(data.draw(st.binary(max_size=64)))
     check_map_file(path, read_ome_zarr)
+
+
+# ---- the output folder: nothing foreign is ever touched ----------------------------------------
+TARGET = "slide.h5"
+_part_ids = st.text("abcdefghijklmnopqrstuvwxyz0123456789_", min_size=8, max_size=8)
+ENTRIES = st.one_of(
+    st.tuples(st.just("file"), st.sampled_from([TARGET, "other.h5", "slide.h5.zarr", "notes.txt"]),
+              st.binary(max_size=64)),
+    st.tuples(st.just("dir"), st.sampled_from([TARGET, "slide.zarr", "thesis"]), st.binary(max_size=16)),
+    st.tuples(st.just("link_file"), st.sampled_from([TARGET, "linked.h5"]), st.just(b"")),
+    st.tuples(st.just("link_dir"), st.sampled_from([TARGET, "linked"]), st.just(b"")),
+    st.tuples(st.just("foreign_part"), _part_ids, st.binary(max_size=16)),
+    st.tuples(st.just("foreign_owner"), _part_ids, st.sampled_from([
+        b"not json", b'{"format": "napari-xmag-part", "target": "other.h5"}', b'{"format": "theirs"}'])),
+    st.tuples(st.just("part_link"), _part_ids, st.just(b"")),
+    st.tuples(st.just("dead_part"), _part_ids, st.just(b"")),
+    st.tuples(st.just("live_part"), _part_ids, st.just(b"")),
+)
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = "file:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@FUZZ
+@given(entries=st.lists(ENTRIES, max_size=8), overwrite=st.booleans())
+def test_writes_never_touch_foreign_entries(entries, overwrite) -> None:
+    import fcntl
+    import tempfile
+
+    from napari_xmag._atomic import OutputExistsError
+
+    data = FeatureSet(np.zeros((1, 2), np.int64), np.ones((1, 4), np.float32), {"slide_mpp": 0.5}, {})
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as held:
+        root = Path(tmp)
+        out, outside = root / "out", root / "outside"
+        out.mkdir(), outside.mkdir()
+        (outside / "secret.txt").write_bytes(b"outside")
+        (outside / "dir").mkdir()
+        (outside / "dir" / "kept.txt").write_bytes(b"kept")
+        removable: set[str] = set()
+        for kind, name, payload in entries:
+            part = f".{TARGET}.{name}.part"
+            path = out / (part if kind.endswith("part") or kind in ("foreign_owner", "part_link") else name)
+            if os.path.lexists(path):
+                continue
+            if kind == "file":
+                path.write_bytes(payload)
+            elif kind in ("dir", "foreign_part"):
+                path.mkdir()
+                (path / "content.bin").write_bytes(payload)
+            elif kind == "link_file":
+                path.symlink_to(outside / "secret.txt")
+            elif kind in ("link_dir", "part_link"):
+                path.symlink_to(outside / "dir")
+            elif kind == "foreign_owner":
+                path.mkdir()
+                (path / "owner").write_bytes(payload)
+            else:  # our own temporaries: a dead writer's (removable) and a live one's
+                path.mkdir()
+                record = json.dumps({"format": "napari-xmag-part", "target": TARGET, "pid": 1})
+                (path / "owner").write_text(record)
+                (path / TARGET).write_bytes(b"half")
+                if kind == "live_part":
+                    fh = held.enter_context((path / "owner").open("r+"))
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                else:
+                    removable.add(path.name)
+        before = _snapshot(root)
+        target_there = os.path.lexists(out / TARGET)
+        try:
+            write_features(out / TARGET, data, overwrite=overwrite)
+            written = True
+        except OutputExistsError:
+            written = False
+        after = _snapshot(root)
+        assert written == (overwrite or not target_there)
+
+        drop = {TARGET} | removable if written else set()
+
+        def kept(snapshot: dict[str, str]) -> dict[str, str]:
+            return {k: v for k, v in snapshot.items() if (k.split("/") + [""])[1] not in drop or k == "out"}
+
+        assert kept(after) == kept(before)  # every foreign entry, and everything outside, untouched
+        for name in removable if written else ():
+            assert not (out / name).exists()
+        if written:
+            assert read_features(out / TARGET).features.shape == (1, 4)
+        new_parts = {p.name for p in out.glob(f".{TARGET}.*.part")} - {k.split("/")[1] for k in before if "/" in k}
+        assert not new_parts  # no temporary of this write is left behind

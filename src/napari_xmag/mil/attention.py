@@ -120,26 +120,23 @@ def write_attention(path: str | os.PathLike[str], data: AttentionMap, *, overwri
 
 def read_attention(path: str | os.PathLike[str]) -> AttentionMap:
     """Read an attention file written by :func:`write_attention`."""
-    import h5py
-
     from ..features import FeatureFileError
+    from ..formats import h5
 
     path = Path(path)
-    if not path.is_file():
-        raise FeatureFileError(f"{path}: no such attention file")
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != ATTENTION_FORMAT:
-                raise FeatureFileError(f"{path}: not a napari-xmag attention file")
+    with h5.open_h5(path, FeatureFileError, "attention file") as f:
+        if f.attrs.get("format") != ATTENTION_FORMAT:
+            raise FeatureFileError(f"{path}: not a napari-xmag attention file")
+        try:
             return AttentionMap(
-                coords=np.asarray(f["coords"][:], np.int64),
-                attention=np.asarray(f["attention"][:], np.float32),
-                logits=np.asarray(f["attention_logits"][:], np.float32),
+                coords=np.asarray(h5.read(f, "coords", path, FeatureFileError), np.int64),
+                attention=np.asarray(h5.read(f, "attention", path, FeatureFileError), np.float32),
+                logits=np.asarray(h5.read(f, "attention_logits", path, FeatureFileError), np.float32),
                 attrs=_read_attrs(f.attrs),
                 coords_attrs=_read_attrs(f["coords"].attrs),
             )
-    except (OSError, KeyError) as err:
-        raise FeatureFileError(f"{path}: not a readable attention file ({err})") from None
+        except (OSError, KeyError, ValueError) as err:
+            raise FeatureFileError(f"{path}: not a readable attention file ({err})") from None
 
 
 def _plain(value: Any) -> Any:
