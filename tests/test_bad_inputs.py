@@ -39,13 +39,15 @@ import numpy as np
 import pytest
 
 from conftest import CMU1, SLIDES
+from napari_xmag._atomic import OutputError, check_output_folder
 from napari_xmag._reader import get_reader, read_slides
 from napari_xmag.cli import main
-from napari_xmag.embed import EmbedSettings, OutputError, SlideTooSmallError, check_output_folder, embed_slide
+from napari_xmag.embed import EmbedSettings, embed_slide
 from napari_xmag.features import read_features
 from napari_xmag.models import create_model, save_model
 from napari_xmag.slide import MissingMppWarning, Slide, SlideError, SlideOpenError
 from napari_xmag.synthetic import write_aperio_pyramid
+from napari_xmag.tiling import SlideTooSmallError
 
 pytestmark = pytest.mark.filterwarnings("ignore::napari_xmag.slide.MissingMppWarning")
 

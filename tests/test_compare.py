@@ -15,20 +15,21 @@ from napari_xmag.cli import main
 from napari_xmag.compare import (
     ComparisonFileError,
     RoiError,
-    _choose_mapping,
     adjusted_rand,
     compare_slide,
     cosine_rows,
-    kmeans_labels,
     linear_cka,
     parse_roi,
     read_comparison,
     ridge_map,
     spatial_split,
 )
-from napari_xmag.embed import EmbedCancelled, NoTissueError
+from napari_xmag.compare.run import _choose_mapping
+from napari_xmag.maps import kmeans_labels
+from napari_xmag.embed import EmbedCancelled
 from napari_xmag.models import create_model, save_model
 from napari_xmag.slide import MissingMppError, Slide
+from napari_xmag.tiling import NoTissueError
 
 # CMU-1 at 0.499 µm/px: a 5x patch is 224 * 2.0 / 0.499 = 897.8 level-0 px and the grid steps
 # round(224 * 4.008) = 898 px on level 0; a 20x crop is 224.45 px, rounded to 0, 224, 449, 673.
@@ -282,10 +283,11 @@ def test_parse_roi() -> None:
 
 
 # ---- the command ---------------------------------------------------------------------------
-def test_cli_compare(tmp_path, capsys) -> None:
+def test_cli_compare(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("XMAG_MODELS", "tiny-random")  # the documented switch: tiny random models
     out = tmp_path / "cmp"
     base = ["compare", str(CMU1.path), "--student", "xmag", "--teacher", "uni2-h",
-            "--student-weights", "random", "--teacher-weights", "random", "--tiny",
+            "--student-weights", "random", "--teacher-weights", "random",
             "--device", "cpu", "--no-progress"]
     assert main([*base, "--roi", "898,898,898,1796", "--out", str(out)]) == 0
     captured = capsys.readouterr()

@@ -255,7 +255,7 @@ def test_cache_holds_the_teacher_of_each_flip_variant(few_pairs, tmp_path) -> No
     with pytest.raises(ValueError, match="jitter"):
         PairDataset(few_pairs, jitter=True, cache=cache)
     other = create_model("uni2-h", weights="random", tiny=True)  # same name, other architecture
-    from napari_xmag.distill.teacher import model_identity
+    from napari_xmag.provenance import model_identity
 
     with pytest.raises(ValueError, match="another teacher"):
         cache.check(few_pairs, model_identity(other), flips=True)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import BOXES, CMU1, save_screenshot, tissue_fraction
-from napari_xmag import explorer
-from napari_xmag.explorer import MAGNIFICATIONS, SlideExplorer, field_of_view
+from napari_xmag import magnification as explorer
+from napari_xmag.magnification import MAGNIFICATIONS, SlideExplorer, field_of_view
 from napari_xmag.slide import MissingMppError, MissingMppWarning, Slide
 
 X = "\N{MULTIPLICATION SIGN}"

@@ -6,7 +6,7 @@ IndexError, a TypeError or a crash.
   and the store (:class:`Slide`) raise only :class:`SlideError` with the path in the message;
 * features files (h5 and zarr): :func:`read_features` raises only :class:`FeatureFileError`;
 * our map files (QuPath GeoJSON, OME-Zarr): the map probe never raises, the readers raise only
-  :class:`FeatureFileError`.
+  :class:`MapFileError`.
 
 Deterministic (``derandomize=True``, no example database) and bounded: a few seconds each.
 """
@@ -31,10 +31,9 @@ from hypothesis import strategies as st
 from conftest import CMU1, SLIDES
 from napari_xmag._reader import SLIDE_SUFFIXES, get_map_reader, get_reader, read_maps, read_slides
 from napari_xmag.features import FeatureFileError, FeatureSet, read_features, write_features
-from napari_xmag.maps import MapGrid, SlideMap
+from napari_xmag.maps import MapFileError, MapGrid, SlideMap, read_geojson, read_ome_zarr, write_geojson, write_ome_zarr
+from napari_xmag.maps.geojson import geojson_layer_data
 from napari_xmag.slide import Slide, SlideError
-from napari_xmag.writers import read_geojson, read_ome_zarr, write_geojson, write_ome_zarr
-from napari_xmag.writers.geojson import geojson_layer_data
 
 FUZZ = settings(
     max_examples=100,
@@ -287,13 +286,13 @@ def json_mutation(draw, doc):
 
 
 def check_map_file(path: Path, read) -> None:
-    """The probe never raises; reading gives layers or raises FeatureFileError naming the file."""
+    """The probe never raises; reading gives layers or raises MapFileError naming the file."""
     reader = get_map_reader(str(path))
     assert reader is None or reader is read_maps
     try:
         read(path)
         layers = read_maps(str(path)) if reader is not None else []
-    except FeatureFileError as err:
+    except MapFileError as err:
         says_path(err, path)
         return
     for data, kwargs, kind in layers:

@@ -13,6 +13,8 @@ from conftest import CMU1
 from napari_xmag import maps
 from napari_xmag.cli import main
 from napari_xmag.features import FeatureFileError, FeatureSet, read_features, write_features
+from napari_xmag.compare import cosine_map
+from napari_xmag.formats.attention import attention_values
 from napari_xmag.maps import MapError, MapGrid
 
 
@@ -254,7 +256,7 @@ def test_saved_probes(tmp_path) -> None:
         maps.probe_maps(wide, path)
     with pytest.raises(MapError, match="predict_proba"):
         maps.probe_maps(fs, object())
-    with pytest.raises(FeatureFileError, match="no such probe file"):
+    with pytest.raises(maps.ProbeFileError, match="no such probe file"):
         maps.load_probe(tmp_path / "missing.npz")
 
 
@@ -272,10 +274,10 @@ def test_attention_file_values(tmp_path, overlap) -> None:
         f["coords"] = overlap.coords
         f["attention"] = np.array([0.1, 0.3, 0.2, 0.05, 0.05, 0.1, 0.1, 0.05, 0.05])
         f["attention_logits"] = np.arange(9.0)
-    coords, ranks = maps.read_attention_values(tmp_path / "a.h5")
+    coords, ranks = attention_values(tmp_path / "a.h5")
     # the four tied lowest share rank 2.5 of 9: (2.5 - 1) / 8; the highest is 1
     np.testing.assert_allclose(ranks, [0.625, 1.0, 0.875, 0.1875, 0.1875, 0.625, 0.625, 0.1875, 0.1875])
-    _, logits = maps.read_attention_values(tmp_path / "a.h5", "logits")
+    _, logits = attention_values(tmp_path / "a.h5", "logits")
     np.testing.assert_array_equal(logits, np.arange(9.0))
     np.testing.assert_allclose(maps.attention_map(overlap, coords, logits).data, OVERLAP_MEANS)
 
@@ -306,7 +308,7 @@ def write_comparison(out: Path, coords, cosine, slide_mpp=0.499, size0=897.79559
 def test_cosine_from_a_comparison(tmp_path) -> None:
     coords = [[898, 0], [898, 898], [898, 1796], [898, 2694]]  # CMU-1's 5x tissue column
     out = write_comparison(tmp_path / "cmp", coords, [0.9, np.nan, 0.7, np.nan])
-    [m] = maps.make_maps(None, "cosine", comparison=out)
+    m = cosine_map(out)
     assert m.data.shape == (4, 1)
     np.testing.assert_allclose(m.data[:, 0], [0.9, np.nan, 0.7, np.nan], rtol=1e-6)
     np.testing.assert_allclose(m.scale, (898 * 0.499, 898 * 0.499))
@@ -322,11 +324,11 @@ def test_rerender_does_not_refit(tmp_path, monkeypatch) -> None:
     path = write_features(tmp_path / "f.h5", feature_set(coords, dim=32))
     calls = {"kmeans": 0, "pca": 0}
     for kind in calls:
-        def counted(*a, _fit=maps._FITTERS[kind], _kind=kind, **kw):
+        def counted(*a, _fit=maps.kinds._FITTERS[kind], _kind=kind, **kw):
             calls[_kind] += 1
             return _fit(*a, **kw)
 
-        monkeypatch.setitem(maps._FITTERS, kind, counted)
+        monkeypatch.setitem(maps.kinds._FITTERS, kind, counted)
     maps.clear_cache()
     t0 = time.perf_counter()
     first = maps.kmeans_map(path, 8)
@@ -404,7 +406,7 @@ def test_cli_maps(tmp_path, capsys, cmu1_features) -> None:
     printed = capsys.readouterr()
     assert "kmeans 7x5" in printed.out and str(out) in printed.out
     assert "RANDOM WEIGHTS" in printed.err
-    from napari_xmag.writers import read_ome_zarr
+    from napari_xmag.maps import read_ome_zarr
 
     [m] = read_ome_zarr(out)
     np.testing.assert_array_equal(m.data, maps.kmeans_map(cmu1_features, 3).data)

@@ -284,8 +284,9 @@ def test_eval_errors_are_one_line(case, message, colour_set, tmp_path, capsys) -
 
 
 # ---- end to end ---------------------------------------------------------------------------------
-def test_finetune_end_to_end(colour_set, tmp_path, capsys) -> None:
+def test_finetune_end_to_end(colour_set, tmp_path, capsys, monkeypatch) -> None:
     """Tiny student and teacher, 4 slides, 2 folds, 1 epoch: 4 steps of 3 patches each."""
+    monkeypatch.setenv("XMAG_MODELS", "tiny-random")
     csv = tmp_path / "labels.csv"
     rows = [f"{colour_set / f's{i}.svs'},{'pink' if i % 2 == 0 else 'purple'}" for i in range(4)]
     csv.write_text("\n".join(["slide,label", *rows]) + "\n")  # slides as absolute paths
@@ -293,7 +294,7 @@ def test_finetune_end_to_end(colour_set, tmp_path, capsys) -> None:
     save_model(original, tmp_path / "student")
     out = tmp_path / "ft"
     args = ["finetune", "--csv", str(csv), "--out", str(out), "--student", str(tmp_path / "student"),
-            "--teacher-weights", "random", "--tiny", "--blocks", "1", "--epochs", "1", "--max-patches", "2",
+            "--teacher-weights", "random", "--blocks", "1", "--epochs", "1", "--max-patches", "2",
             "--folds", "2", "--workers", "1", "--device", "cpu"]
     assert main([*args, "--lambda", "1.0"]) == 0
     captured = capsys.readouterr()
@@ -305,7 +306,7 @@ def test_finetune_end_to_end(colour_set, tmp_path, capsys) -> None:
         assert all(np.isfinite([s["loss"], s["ce"], s["distill"]]))
         assert s["loss"] == pytest.approx(s["ce"] + 1.0 * s["distill"], abs=1e-5)
         assert s["distill"] != 0.0
-    assert len(list((out / "teacher_cache").glob("*.h5"))) == 4
+    assert len(list((out / "teacher_cache").glob("*.zarr"))) == 4  # the one teacher-target cache
     # the saved student loads; only the last block (and norm, heads) moved
     tuned = create_model(out / "fold0" / "student")
     before, after = original.state_dict(), tuned.state_dict()
@@ -331,11 +332,12 @@ def test_finetune_end_to_end(colour_set, tmp_path, capsys) -> None:
     assert not torch.equal(before[trained], moved[trained])
 
 
-def test_finetune_errors(colour_set, tmp_path, capsys) -> None:
+def test_finetune_errors(colour_set, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("XMAG_MODELS", "tiny-random")
     csv = tmp_path / "labels.csv"
     csv.write_text("slide,label\ns0,pink\ns1,purple\nnowhere,pink\ns3,purple\n")
     rc = main(["finetune", "--csv", str(csv), "--slides", str(colour_set), "--out", str(tmp_path / "o"),
-               "--folds", "2", "--tiny", "--student-weights", "random", "--teacher-weights", "random"])
+               "--folds", "2", "--student-weights", "random", "--teacher-weights", "random"])
     err = capsys.readouterr().err
     assert rc == 2 and "1 slide(s) not found" in err and "nowhere" in err and err.count("\n") == 1
 

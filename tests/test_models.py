@@ -414,12 +414,14 @@ def test_gated_or_unreachable_hub_errors_are_explained(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(GatedRepoError, "401 gated"))
+    from napari_xmag.models import hub
+
+    monkeypatch.setattr(hub, "hf_hub_download", raising(GatedRepoError, "401 gated"))
     with pytest.raises(WeightsError, match=r"gated and this account has not been granted access") as info:
         create_model("uni2-h", tiny=True)
     assert "https://huggingface.co/MahmoodLab/UNI2-h" in str(info.value)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(LocalEntryNotFoundError, "no network"))
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", raising(LocalEntryNotFoundError, "no cache"))
+    monkeypatch.setattr(hub, "hf_hub_download", raising(LocalEntryNotFoundError, "no network"))
+    monkeypatch.setattr(hub, "snapshot_download", raising(LocalEntryNotFoundError, "no cache"))
     with pytest.raises(WeightsError, match=r"could not be reached and the files are not in the local cache"):
         create_model("virchow2", tiny=True)
 

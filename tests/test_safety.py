@@ -456,7 +456,7 @@ def test_9_external_and_virtual_datasets_are_refused(tmp_path: Path) -> None:
     proc = run_cli("maps", str(evil), "--kind", "pca", "--out", str(tmp_path / "m.ome.zarr"))
     one_line_refusal(proc, str(evil), "keeps its data in another file")
     # the napari features writer would have copied the secret into a normal file
-    from napari_xmag.writers import write_layer_features
+    from napari_xmag._writer import write_layer_features
 
     with pytest.raises(FeatureFileError, match="keeps its data in another file"):
         write_layer_features(tmp_path / "copy.h5", {"metadata": {"xmag_map": {"features_path": str(evil)}}})
@@ -518,18 +518,18 @@ def test_10_budget_bounds_what_a_file_may_allocate(tmp_path: Path, monkeypatch) 
 
 
 def test_10_an_ome_zarr_with_an_enlarged_shape_is_refused(tmp_path: Path) -> None:
-    from napari_xmag.writers import read_ome_zarr, write_ome_zarr
+    from napari_xmag.maps import read_ome_zarr, write_ome_zarr
 
     m = maps.pca_map(read_features(features_file(tmp_path / "case.h5")))
     store = write_ome_zarr(tmp_path / "m.ome.zarr", m)
     meta = json.loads((store / "0" / ".zarray").read_text())
     meta["shape"] = [3, 200000, 200000]
     (store / "0" / ".zarray").write_text(json.dumps(meta))
-    with pytest.raises(FeatureFileError, match="more than a map of any slide holds"):
+    with pytest.raises(maps.MapFileError, match="more than a map of any slide holds"):
         read_ome_zarr(store)
     meta["shape"] = [3, 600, 600]  # under the cap, but not what its grid says
     (store / "0" / ".zarray").write_text(json.dumps(meta))
-    with pytest.raises(FeatureFileError, match="but its grid is"):
+    with pytest.raises(maps.MapFileError, match="but its grid is"):
         read_ome_zarr(store)
 
 
@@ -638,10 +638,11 @@ def test_13_saved_models_honour_the_umask(tmp_path: Path) -> None:
 # ---- the writers' one rule, for every kind --------------------------------------------------------
 def test_every_writer_refuses_a_foreign_target(tmp_path: Path) -> None:
     """Each writer, pointed at a user's file: refused, the file unchanged."""
+    from napari_xmag.formats.attention import AttentionMap
+
     from napari_xmag.distill.checkpoint import save_checkpoint
+    from napari_xmag.maps import write_geojson, write_ome_zarr
     from napari_xmag.mil import write_attention
-    from napari_xmag.mil.attention import AttentionMap
-    from napari_xmag.writers import write_geojson, write_ome_zarr
 
     data = read_features(features_file(tmp_path / "case.h5"))
     km = maps.kmeans_map(data, 3)

@@ -8,8 +8,13 @@ import numpy as np
 import openslide
 import pytest
 
-from napari_xmag.sample import sample_slide_path
-from napari_xmag.synthetic import mirrored_source, tissue_image, write_aperio_pyramid, write_sample_slide
+from napari_xmag.synthetic import (
+    mirrored_source,
+    sample_slide_path,
+    tissue_image,
+    write_aperio_pyramid,
+    write_sample_slide,
+)
 
 
 def test_pyramid_reads_back_as_aperio(tmp_path) -> None:

@@ -7,28 +7,24 @@ import pytest
 
 from conftest import CMU1, save_screenshot
 from napari_xmag._reader import slide_layer_data
-from napari_xmag._widgets.comparison import (
-    RANDOM,
-    ROLE,
-    WHOLE_SLIDE,
-    ComparisonWidget,
-    matched_labels,
-    roi_from_rectangle,
-    table_rows,
-)
-from napari_xmag.compare import read_comparison
-from napari_xmag.maps import cosine_map
+from napari_xmag._widgets.comparison import RANDOM, ROLE, WHOLE_SLIDE, ComparisonWidget, roi_from_rectangle
+from napari_xmag.compare import cosine_map, matched_labels, read_comparison
+from napari_xmag.compare import report_rows as table_rows
 
 # CMU-1's 5x grid steps 898 level-0 px; this ROI holds the middle column's 2nd and 3rd patches.
 ROI = (898, 898, 898, 1796)
 MPP = 0.499
 
 
+@pytest.fixture(autouse=True)
+def _tiny_models(monkeypatch) -> None:
+    monkeypatch.setenv("XMAG_MODELS", "tiny-random")  # the documented switch: tiny random models
+
+
 def _widget(viewer) -> ComparisonWidget:
     data, kw, _ = slide_layer_data(str(CMU1.path))
     viewer.add_image(data, **kw)
     widget = ComparisonWidget(viewer)
-    widget._tiny = True
     widget._weights_edit.value = RANDOM
     return widget
 

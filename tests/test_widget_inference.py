@@ -21,6 +21,11 @@ pytestmark = pytest.mark.skipif(not CMU1.path.exists(), reason="CMU-1 test slide
 TIMEOUT_MS = 60_000
 
 
+
+@pytest.fixture(autouse=True)
+def _tiny_models(monkeypatch) -> None:
+    monkeypatch.setenv("XMAG_MODELS", "tiny-random")  # the documented switch: tiny random models
+
 def open_slide(viewer, path):
     from napari.layers import Layer
 
@@ -32,7 +37,7 @@ def open_slide(viewer, path):
 def make_widget(viewer, tmp_path, **maps):
     from napari_xmag._widgets.inference import InferenceWidget
 
-    widget = InferenceWidget(viewer, tiny=True)
+    widget = InferenceWidget(viewer)
     widget._weights_edit.value = "random"
     widget._stride_edit.value = 112
     widget._out_edit.value = tmp_path / "features"

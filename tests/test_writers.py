@@ -12,18 +12,17 @@ import pytest
 
 from napari_xmag import maps
 from napari_xmag._reader import get_map_reader, get_reader, read_maps
-from napari_xmag._writer import XmagWriterWarning
+from napari_xmag._writer import XmagWriterWarning, map_from_layer
 from napari_xmag.features import read_features, write_features
-from napari_xmag.writers import (
+from napari_xmag.maps import (
     WriterError,
     labels_to_geojson,
-    map_from_layer,
     read_geojson,
     read_ome_zarr,
     write_geojson,
     write_ome_zarr,
 )
-from napari_xmag.writers.geojson import label_polygons
+from napari_xmag.maps.geojson import label_polygons
 from test_maps import feature_set, grid_coords, two_halves
 
 STEP = 200.0  # level-0 px per cell in these maps: 100 px patches at 1 µm/px on a 0.5 µm/px scan
@@ -330,7 +329,7 @@ def test_refusals_are_messages(make_napari_viewer, tmp_path) -> None:
 
 
 def test_failed_writes_leave_nothing(tmp_path, heat_map, monkeypatch) -> None:
-    from napari_xmag.writers import ome_zarr
+    from napari_xmag.maps import ome_zarr
 
     good = write_ome_zarr(tmp_path / "m.ome.zarr", heat_map)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._memory import format_size
+from ._values import json_safe
 
 try:
     import fcntl
@@ -206,7 +207,6 @@ def write_json(
 ) -> Path:
     """Write ``json_safe(data)`` atomically (flushed to disk before the rename): a reader, or a
     run killed meanwhile, sees the old file or the new one."""
-    from ._json import json_safe
 
     path = Path(path)
     with atomic_path(path, kind, overwrite=overwrite) as tmp, tmp.open("w", encoding="utf-8") as f:

@@ -9,6 +9,8 @@ import os
 import threading
 from typing import Any
 
+import psutil
+
 MB = 1 << 20
 GB = 1 << 30
 _BUDGET_ENV = "XMAG_MEMORY_BUDGET_MB"
@@ -32,7 +34,6 @@ def return_freed_memory() -> None:
 
 def rss_mb() -> float:
     """This process's resident memory, in MB."""
-    import psutil  # a dependency of distributed
 
     return psutil.Process().memory_info().rss / MB
 
@@ -77,7 +78,6 @@ def memory_budget() -> int:
         with contextlib.suppress(ValueError):
             return max(1, int(float(env) * MB))
     try:
-        import psutil
 
         return int(psutil.virtual_memory().total // 2)
     except (ImportError, OSError):  # pragma: no cover - psutil comes with distributed

@@ -11,10 +11,26 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["MAX_LIST_BYTES", "file_problem"]
+from platformdirs import user_cache_dir as platform_cache_dir
+
+__all__ = ["MAX_LIST_BYTES", "InputFileError", "file_problem", "user_cache_dir"]
 
 #: The largest text list or CSV read whole (a 100 000-slide list is about 10 MB).
 MAX_LIST_BYTES = 256 << 20
+
+
+class InputFileError(ValueError):
+    """A file a user passed cannot be used (missing, damaged, refused); the message names the
+    file and the cause. Each format has its own subclass."""
+
+
+def user_cache_dir() -> Path:
+    """``XMAG_CACHE_DIR`` if set, else the platform's user cache folder for napari-xmag."""
+    env = os.environ.get("XMAG_CACHE_DIR")
+    if env:
+        return Path(env)
+
+    return Path(platform_cache_dir("napari-xmag"))
 
 
 def file_problem(path: str | os.PathLike[str], *, folder: bool = False, max_bytes: int | None = None) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tqdm.auto import tqdm
+
 
 def progress_bar(
     progress: bool | Callable[[int, int], None], total: int, description: str, unit: str = "patch"
@@ -13,7 +15,6 @@ def progress_bar(
         return lambda done: None if done is None else progress(done, total)
     if not progress:
         return lambda done: None
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=description, unit=unit, leave=False)
 

@@ -7,6 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import openslide
+
+from ._paths import file_problem
+from .maps import is_map_file, map_layers
+from .slide import MissingMppWarning, Slide
+from .slide_checks import damage_reason, not_brightfield_reason
 from .slide_list import SLIDE_SUFFIXES
 
 #: Suffixes only slides have: such a file, empty or truncated, is claimed so that the user
@@ -28,10 +34,7 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] 
     if not paths:
         return None
     try:
-        import openslide
 
-        from ._paths import file_problem
-        from .slide import damage_reason, not_brightfield_reason
 
         for p in paths:
             suffix = Path(p).suffix.lower()
@@ -60,7 +63,6 @@ def read_slides(path: str | list[str]) -> LayerData:
 
 def slide_layer_data(path: str, mpp: float | None = None) -> tuple[Any, dict[str, Any], str]:
     """One multiscale RGB image layer, in µm when the slide knows its mpp."""
-    from .slide import MissingMppWarning, Slide
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingMppWarning)
@@ -101,11 +103,9 @@ def get_map_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerDa
     if not paths:
         return None
     try:
-        from .writers import is_map_geojson, is_map_zarr
 
         for p in paths:
-            p = str(p).rstrip("/\\")
-            if not (is_map_zarr(p) or is_map_geojson(p)):
+            if not is_map_file(str(p).rstrip("/\\")):
                 return None
     except Exception:  # probing must never break napari's reader search
         return None
@@ -114,13 +114,8 @@ def get_map_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerDa
 
 def read_maps(path: str | list[str]) -> LayerData:
     """Layers of our map files, with the scale/translate (µm) that put them on the slide."""
-    from .writers import geojson_layer_data, is_map_zarr, read_ome_zarr
 
     layers: LayerData = []
     for p in [path] if isinstance(path, str) else list(path):
-        p = str(p).rstrip("/\\")
-        if is_map_zarr(p):
-            layers.extend(m.layer_data() for m in read_ome_zarr(p))
-        else:
-            layers.append(geojson_layer_data(p))
+        layers.extend(map_layers(str(p).rstrip("/\\")))
     return layers

@@ -25,24 +25,29 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from distributed import Client, LocalCluster, as_completed, get_worker
+
 from . import __version__
 from ._atomic import check_output_folder, remove_stale_parts
-from ._json import json_safe
 from ._memory import RssSampler
-from .embed import EmbedSettings
+from ._values import json_safe
+from .embed import EmbedSettings, embed_slide
 from .features import unique_feature_paths
 from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, STATUSES, RunManifest, read_manifest
+from .models.files import WEIGHT_SUFFIXES
 from .slide_list import SlideEntry, find_slides
 
 __all__ = [
@@ -147,7 +152,7 @@ def _weights_fingerprint(model: str, weights: str) -> list[Any] | None:
         return None
     path = Path(ref).expanduser()
     if path.is_dir():
-        suffixes = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".json")
+        suffixes = (*WEIGHT_SUFFIXES, ".json")  # weights and their model folder's config
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in suffixes)
     elif path.is_file():
         files = [path]
@@ -194,18 +199,14 @@ def _cached_model(model: str, weights: str, device: str, precision: str) -> tupl
         _MODEL_CACHE.clear()  # a new batch with another model: free the old one first
         gc.collect()
         start = time.perf_counter()
-        from .embed import prepare_model
-        from .models import create_model
+        from .models import inference_model  # torch: on the workers only, never on the client
 
-        # converted once, and the fp32 weights let go (-340 MB for int8)
-        _MODEL_CACHE[key] = prepare_model(create_model(model, weights=weights), device, precision)[0]
-        gc.collect()  # timm modules hold reference cycles: the dropped fp32 model goes only now
+        _MODEL_CACHE[key] = inference_model(model, weights, device=device, precision=precision)
         return _MODEL_CACHE[key], time.perf_counter() - start
 
 
 def _worker_address() -> str | None:
     try:
-        from distributed import get_worker
 
         return get_worker().address
     except (ImportError, ValueError):  # not on a dask worker (called in-process)
@@ -214,7 +215,6 @@ def _worker_address() -> str | None:
 
 def _embed_task(job: dict[str, Any]) -> dict[str, Any]:
     """Embed one slide on this worker; never raises: a failure is returned as a record."""
-    from .embed import embed_slide
 
     record: dict[str, Any] = {
         "started": _now(), "worker": _worker_address(), "host": socket.gethostname(), "pid": os.getpid(),
@@ -438,7 +438,6 @@ def _run_tasks(
     torch_threads: int | None,
     on_slide: Callable[[dict[str, Any]], None] | None,
 ) -> None:
-    from distributed import as_completed
 
     client, closers, cluster_info = _connect(client, scheduler, local_workers, needs, torch_threads)
     manifest["cluster"] = cluster_info
@@ -501,9 +500,7 @@ def _connect(
     client: Any, scheduler: Any, local_workers: int | None, needs: dict[str, float], torch_threads: int | None
 ) -> tuple[Any, list[Callable[[], Any]], dict[str, Any]]:
     """(client, what to close at the end, what the manifest says of the cluster)."""
-    import logging
 
-    from distributed import Client, LocalCluster
 
     closers: list[Callable[[], Any]] = []
     if client is not None:
@@ -543,7 +540,6 @@ def _task_record(client: Any, future: Any) -> dict[str, Any]:
     except Exception as exc:  # a result that cannot be fetched is a failure of this slide too
         err = exc
     if err is None:
-        from concurrent.futures import CancelledError
 
         err = CancelledError(f"the task was {future.status}")
     return {"status": "failed", "reason": _one_line(err), "finished": _now()}

@@ -29,10 +29,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RANDOM_TAG", "DemoResult", "demo_layers", "demo_viewer", "load_model", "run_demo", "tissue_map"]
+from ._paths import user_cache_dir
+from .compare import compare_slide, cosine_map
+from .embed import EmbedSettings, embed_slide
+from .features import feature_path, is_features_file, read_features
+from .maps import kmeans_map, pca_map, tissue_map, write_geojson, write_ome_zarr
+from .provenance import RANDOM_WEIGHTS_TAG
+from .synthetic import sample_slide_path
 
-#: Put into the name of every output made with random weights.
-RANDOM_TAG = "RANDOM-WEIGHTS"
+__all__ = ["DemoResult", "load_model", "run_demo"]
+
 STUDENT = "xmag"
 TEACHER = "uni2-h"
 #: Student patches in the default teacher ROI: the teacher costs 16 crops per patch.
@@ -61,7 +67,7 @@ class DemoResult:
             lines.append(
                 f"!!! RANDOM WEIGHTS: the {self.model} student's real weights are not available;"
                 " every map below is made from random features and carries NO meaning"
-                f" (file names say {RANDOM_TAG}) !!!"
+                f" (file names say {RANDOM_WEIGHTS_TAG}) !!!"
             )
         lines += [f"note: {n}" for n in self.notes]
         rate = self.patches / self.embed_seconds if self.embed_seconds > 0 else float("nan")
@@ -81,47 +87,21 @@ class DemoResult:
 
 
 def default_out_dir() -> Path:
-    from .sample import cache_dir
-
-    return cache_dir() / "demo"
+    return user_cache_dir() / "demo"
 
 
 def load_model(name: str, tiny: bool = False) -> tuple[Any, str | None]:
     """``create_model(name)`` with its real weights, else random ones: (model, why random or None)."""
-    from .models import create_model
-    from .models.weights import WeightsError
+    from .models import WeightsError, create_model  # torch: only once the demo runs
+
+    from .models.factory import MODELS_ENV, tiny_random_models
 
     try:
-        return create_model(name, tiny=tiny), None
+        model = create_model(name, tiny=tiny)
     except WeightsError as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
         return create_model(name, weights="random", tiny=tiny), reason
-
-
-def tissue_map(slide_path: str | os.PathLike[str]) -> Any:
-    """The slide's tissue mask as a label :class:`~napari_xmag.maps.SlideMap` (1 = tissue)."""
-    from . import __version__
-    from .maps import MAP_FORMAT, MAP_FORMAT_VERSION, MapGrid, SlideMap
-    from .slide import Slide
-    from .tiling import tissue_mask
-
-    slide_path = Path(slide_path)
-    with Slide(slide_path) as slide:
-        mask = tissue_mask(slide)
-        slide_mpp = float(slide.mpp)
-    rows, cols = mask.shape
-    ds = float(mask.downsample)
-    grid = MapGrid(x0=0.0, y0=0.0, step_x=ds, step_y=ds, patch_x=ds, patch_y=ds, rows=rows, cols=cols,
-                   slide_mpp=slide_mpp)
-    meta = {
-        "format": MAP_FORMAT, "format_version": MAP_FORMAT_VERSION, "kind": "labels",
-        "slide_path": str(slide_path), "slide_name": slide_path.stem, "slide_mpp": slide_mpp,
-        "classes": ["tissue"], "colors": [[0, 200, 80]], "grid": grid.to_dict(),
-        "values": f"tissue mask at {mask.mpp:g} µm/px (1 = tissue)", "weights_random": False,
-        "xmag_version": __version__,
-    }
-    return SlideMap(mask.mask.astype(np.uint8), grid.scale, grid.translate, "labels",
-                    f"{slide_path.stem} tissue", meta, grid)
+    return model, f"{MODELS_ENV}=tiny-random asks for tiny random models" if tiny_random_models() else None
 
 
 def _teacher_roi(coords: np.ndarray, size: float, n: int = TEACHER_ROI_PATCHES) -> tuple[int, int, int, int]:
@@ -154,12 +134,6 @@ def run_demo(
     their small test configurations). The teacher runs only with ``with_teacher``, on ``roi``
     (level-0 x, y, w, h) or a box of :data:`TEACHER_ROI_PATCHES` tissue patches.
     """
-    from .embed import EmbedSettings, embed_slide
-    from .features import feature_path, is_features_file, read_features
-    from .maps import kmeans_map, pca_map
-    from .sample import sample_slide_path
-    from .writers import write_geojson, write_ome_zarr
-
     start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -171,10 +145,10 @@ def run_demo(
         if why:
             notes.append(f"no {STUDENT} weights ({why}); using RANDOM weights")
     random_w = bool(student.weights.random)
-    tag = f".{RANDOM_TAG}" if random_w else ""
+    tag = f".{RANDOM_WEIGHTS_TAG}" if random_w else ""
     name = student.spec.name
 
-    features_dir = out / (f"features-{RANDOM_TAG}" if random_w else "features")
+    features_dir = out / (f"features-{RANDOM_WEIGHTS_TAG}" if random_w else "features")
     settings = EmbedSettings(device=device, workers=2)
     # The demo's own features of other settings are replaced; anything else there is refused.
     ours = is_features_file(feature_path(features_dir, slide))
@@ -197,15 +171,12 @@ def run_demo(
 
     comparison = None
     if with_teacher:
-        from .compare import compare_slide
-        from .maps import cosine_map
-
         if teacher is None:
             teacher, why = load_model(TEACHER, tiny=tiny)
             if why:
                 notes.append(f"no {TEACHER} weights ({why}); using RANDOM weights for the teacher")
         t_random = bool(teacher.weights.random)
-        cmp_tag = f"-{RANDOM_TAG}" if (random_w or t_random) else ""
+        cmp_tag = f"-{RANDOM_WEIGHTS_TAG}" if (random_w or t_random) else ""
         box = roi or _teacher_roi(data.coords, float(data.coords_attrs["patch_size_level0_exact"]))
         comparison = out / f"compare{cmp_tag}"
         result = compare_slide(slide, student, teacher, comparison, roi=box, clusters=clusters,
@@ -213,7 +184,7 @@ def run_demo(
         cos = cosine_map(result)
         outputs["comparison (report.json, compare.h5)"] = comparison
         outputs["cosine map (OME-Zarr)"] = write_ome_zarr(
-            maps_dir / f"{stem}{'.' + RANDOM_TAG if cmp_tag else ''}.cosine.ome.zarr", cos)
+            maps_dir / f"{stem}{'.' + RANDOM_WEIGHTS_TAG if cmp_tag else ''}.cosine.ome.zarr", cos)
         notes.append(result.summary().replace("\n", "; "))
 
     return DemoResult(
@@ -221,34 +192,3 @@ def run_demo(
         weights_random=random_w, patches=len(data), seconds=time.perf_counter() - start,
         embed_seconds=embed_seconds, comparison=comparison, notes=notes,
     )
-
-
-# ---- napari -----------------------------------------------------------------------------------
-def demo_layers(result: DemoResult) -> list[tuple[Any, dict[str, Any], str]]:
-    """Layer data tuples: the slide, then every map the demo wrote (OME-Zarr maps)."""
-    from ._reader import slide_layer_data
-    from .writers import read_ome_zarr
-
-    layers = [slide_layer_data(str(result.slide))]
-    for path in result.outputs.values():
-        if str(path).endswith(".ome.zarr"):
-            for m in read_ome_zarr(path):
-                data, kw, kind = m.layer_data()
-                if result.weights_random and "tissue" not in m.name:
-                    kw["name"] = f"{kw['name']} ({RANDOM_TAG})"
-                layers.append((data, kw, kind))
-    return layers
-
-
-def demo_viewer(result: DemoResult, viewer: Any = None) -> Any:
-    """A napari viewer (new, or ``viewer``) holding the slide and the demo's maps."""
-    if viewer is None:
-        import napari
-
-        viewer = napari.Viewer(title="napari-xmag demo")
-    for data, kw, kind in demo_layers(result):
-        getattr(viewer, f"add_{kind}")(data, **kw)
-    for layer in viewer.layers:  # the PCA map on top of the slide, the rest hidden until asked
-        if "tissue" in layer.name or "k-means" in layer.name or "cosine" in layer.name:
-            layer.visible = False
-    return viewer

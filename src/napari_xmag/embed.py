@@ -6,15 +6,13 @@ hides behind the forward pass; the forward runs under ``torch.inference_mode``.
 
 from __future__ import annotations
 
-import copy
 import errno
 import logging
 import os
 import shutil
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,40 +41,28 @@ from .features import (
     settings_differ,
     write_features,
 )
+from .models.precision import check_precision, prepare_model, resolve_device
 from .slide import Slide, SlideError, parse_mpp
+from .tiling import SlideTooSmallError, patch_grid, require_patches, tissue_mask
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "EmbedCancelled",
     "EmbedSettings",
-    "NoTissueError",
-    "OutputError",
     "SlideEmbedding",
-    "SlideTooSmallError",
-    "check_output_folder",
     "default_batch_size",
     "embed_patches",
     "embed_slide",
     "iter_patch_batches",
-    "prepare_model",
 ]
 
-PRECISIONS = ("fp32", "bf16", "int8")
 # glibc keeps what reader threads and torch free, fragmented; handing it back costs ~1 ms
 TRIM_EVERY_S = 2.0
 
 
 class EmbedCancelled(Exception):
     """The caller asked to stop; nothing was written."""
-
-
-class NoTissueError(SlideError):
-    """No patch of the slide holds enough tissue to embed."""
-
-
-class SlideTooSmallError(NoTissueError):
-    """The slide is so small against one patch that no patch can hold enough of it to embed."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +82,7 @@ class EmbedSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mpp", parse_mpp(self.mpp))
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        check_precision(self.precision, "inference")
         if (self.batch_size is not None and self.batch_size < 1) or self.workers < 1 or self.patch_size < 1:
             raise ValueError("batch size, workers and patch size must be positive")
         if not 0 <= self.tissue_threshold <= 1:
@@ -111,7 +96,6 @@ def default_batch_size(device: str) -> int:
     2.8 patches/s (fp32) and 10.4 / 9.2 / 7.9 (int8) at batch 8 / 16 / 32 on 2 cores, as the
     activations of a small batch stay in cache (benchmarks/bench_embed.py).
     """
-    from .models import resolve_device
 
     return 8 if resolve_device(device).type == "cpu" else 64
 
@@ -194,66 +178,6 @@ def iter_patch_batches(
             slide.close()
 
 
-# ---- the model --------------------------------------------------------------------------
-def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> tuple[Any, Any, Any]:
-    """Put the model on its device at the asked precision; returns (model, device, autocast dtype).
-
-    CPU: bf16 casts the weights (faster than autocast on CPUs with bf16 units), int8 applies
-    dynamic quantisation to the Linear layers. GPU: autocast in fp16/bf16. The caller's model is
-    left as it is; the CPU copy is made once per model and weights (not once per slide), and
-    shares every tensor it does not convert. A caller that needs only the converted model (the
-    CLI) keeps the copy and drops its fp32 model: the copy is returned as it is next time.
-    """
-    import torch
-
-    from .models import resolve_device
-
-    dev = torch.device(resolve_device(device))
-    model = model.eval().to(dev)
-    if precision == "int8" and dev.type != "cpu":
-        raise ValueError("int8 (dynamic quantisation) runs on the CPU only")
-    if precision == "fp32" or getattr(model, "xmag_precision", None) == precision:
-        return model, dev, None
-    if dev.type != "cpu":
-        return model, dev, torch.bfloat16
-    # parameter versions change with every in-place update (an optimiser step): a trained model
-    # gets a new copy
-    key = (precision, sum(p._version for p in model.parameters()))
-    cached = _PREPARED.get(model)
-    if cached is None or cached[0] != key:
-        if precision == "int8":
-            lean = _copy_sharing(model)
-            torch.ao.quantization.quantize_dynamic(lean, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        else:
-            lean = _copy_sharing(model, torch.bfloat16)
-        lean.xmag_precision = precision  # prepare_model(lean, same precision) returns it as is
-        cached = _PREPARED[model] = (key, lean)
-    return cached[1], dev, None
-
-
-# model -> ((precision, weights version), converted copy); goes with the model
-_PREPARED: weakref.WeakKeyDictionary[Any, tuple[tuple[str, int], Any]] = weakref.WeakKeyDictionary()
-
-
-def _copy_sharing(model: Any, dtype: Any = None) -> Any:
-    """A copy of the module tree whose tensors are the model's own, or cast to ``dtype``.
-
-    ``copy.deepcopy`` would first duplicate every weight (344 MB for ViT-B) only for
-    quantisation to replace the Linear ones; the memo hands deepcopy the tensors to use instead.
-    """
-    import torch
-
-    memo: dict[int, Any] = {}
-    for tensor in (*model.parameters(), *model.buffers()):
-        if dtype is None or not tensor.is_floating_point():
-            memo[id(tensor)] = tensor
-        elif isinstance(tensor, torch.nn.Parameter):
-            memo[id(tensor)] = torch.nn.Parameter(tensor.detach().to(dtype), requires_grad=False)
-        else:
-            memo[id(tensor)] = tensor.to(dtype)
-    return copy.deepcopy(model, memo)
-
-
 def embed_patches(
     model: Any,
     batches: Iterator[np.ndarray],
@@ -267,7 +191,8 @@ def embed_patches(
     description: str = "embedding",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embed uint8 patch batches; returns (features (N, D) float32, token grids or None)."""
-    import torch
+    import torch  # here: opening slides and reading feature files stays without torch
+
 
     model, dev, autocast = prepare_model(model, device, precision)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -319,8 +244,6 @@ def embed_slide(
     other settings, a file that is not ours) is an error unless ``overwrite``. Nothing is
     written on failure.
     """
-    from .tiling import patch_grid, tissue_mask
-
     settings = settings or EmbedSettings()
     if settings.tokens and fmt != "zarr":
         settings = replace(settings, tokens=False)
@@ -331,11 +254,7 @@ def embed_slide(
     remove_stale_parts(output)  # what a killed run left, even when the file is finished and skipped
     start = time.perf_counter()
     with Slide(slide_path, mpp=settings.mpp_override) as slide:
-        if slide.mpp is None:
-            raise SlideError(
-                f"{slide_path}: the slide records no µm per pixel, so {settings.mpp} µm/px patches"
-                " cannot be cut; pass --mpp-override with the scan's level-0 µm/px"
-            )
+        slide.require_mpp(f"{settings.mpp:g} µm/px patches cannot be cut")
         slide.check_readable()
         _check_patch_fits(slide, settings)
         run_attrs = run_attributes(slide, model, settings)
@@ -351,12 +270,7 @@ def embed_slide(
             min_tissue=settings.tissue_threshold,
             mask=mask,
         )
-        if len(grid) == 0:
-            raise NoTissueError(
-                f"{slide_path}: no {settings.patch_size} px patch at {settings.mpp} µm/px holds"
-                f" {settings.tissue_threshold:.0%} tissue (tissue covers"
-                f" {mask.tissue_fraction:.1%} of the slide); lower --tissue-threshold if it should"
-            )
+        require_patches(grid, slide, mask)
         coords_attrs = coords_attributes(slide, grid)
     _check_space(output, len(grid), model, settings.tokens)
     batches = iter_patch_batches(
@@ -430,7 +344,7 @@ def _other_slide(existing: dict[str, Any], run_attrs: dict[str, Any]) -> str | N
 def _check_patch_fits(slide: Slide, settings: EmbedSettings) -> None:
     """Refuse a slide so small against one patch that no patch can be ``tissue_threshold``
     slide (let alone tissue) as too small, rather than report it as having no tissue."""
-    size = settings.patch_size * settings.mpp / slide.mpp  # type: ignore[operator]
+    size = settings.patch_size * settings.mpp / slide.require_mpp()
     width, height = slide.dimensions
     fits = min(1.0, width / size) * min(1.0, height / size)
     if fits >= settings.tissue_threshold:

@@ -15,10 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import h5py
 import numpy as np
+import zarr
 
 from ._atomic import OutputKind, atomic_path, read_small_json
-from ._paths import file_problem
+from ._paths import InputFileError, file_problem
+from ._values import from_attrs, to_attr
+from .formats import h5
+from .formats import zarr as zarr_store
 
 __all__ = [
     "FEATURES_FORMAT",
@@ -43,7 +48,7 @@ FEATURES_FORMAT = "napari-xmag-features"
 _FEATURES_FACTOR = 3.0
 
 
-class FeatureFileError(Exception):
+class FeatureFileError(InputFileError):
     """A features file is missing, malformed or does not match what was asked."""
 
 
@@ -90,7 +95,6 @@ def is_features_file(path: str | os.PathLike[str]) -> bool:
             return isinstance(attrs, dict) and (attrs.get("format") == FEATURES_FORMAT or "xmag_version" in attrs)
         if file_problem(path) is not None:
             return False
-        import h5py
 
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") == FEATURES_FORMAT:
@@ -104,19 +108,6 @@ def is_features_file(path: str | os.PathLike[str]) -> bool:
 #: What ``write_features`` may replace: a features file of ours (the run decides whether its
 #: settings allow it).
 FEATURES_KIND = OutputKind("features file", is_features_file)
-
-
-def _plain(value: Any) -> Any:
-    """Attribute values h5py and zarr both store: numbers, strings, bools; None as ''."""
-    if value is None:
-        return ""
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def write_features(path: str | os.PathLike[str], data: FeatureSet, *, overwrite: bool = False) -> Path:
@@ -134,28 +125,26 @@ def write_features(path: str | os.PathLike[str], data: FeatureSet, *, overwrite:
 
 
 def _write_h5(path: Path, data: FeatureSet) -> None:
-    import h5py
 
     with h5py.File(path, "w") as f:
         f.attrs["format"] = FEATURES_FORMAT
         coords = f.create_dataset("coords", data=np.asarray(data.coords, np.int64).reshape(-1, 2))
         features = f.create_dataset("features", data=np.asarray(data.features, np.float32))
         for key, value in data.coords_attrs.items():
-            coords.attrs[key] = _plain(value)
+            coords.attrs[key] = to_attr(value)
         for key, value in data.attrs.items():
-            features.attrs[key] = _plain(value)
+            features.attrs[key] = to_attr(value)
         if data.tokens is not None:
             f.create_dataset("tokens", data=np.asarray(data.tokens, np.float32), compression="gzip")
 
 
 def _write_zarr(path: Path, data: FeatureSet) -> None:
-    import zarr
 
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     coords = root.create_array("coords", data=np.asarray(data.coords, np.int64).reshape(-1, 2))
     root.create_array("features", data=np.asarray(data.features, np.float32))
-    coords.attrs.update({k: _plain(v) for k, v in data.coords_attrs.items()})
-    root.attrs.update({**{k: _plain(v) for k, v in data.attrs.items()}, "format": FEATURES_FORMAT})
+    coords.attrs.update({k: to_attr(v) for k, v in data.coords_attrs.items()})
+    root.attrs.update({**{k: to_attr(v) for k, v in data.attrs.items()}, "format": FEATURES_FORMAT})
     if data.tokens is not None:
         root.create_array("tokens", data=np.asarray(data.tokens, np.float32))
 
@@ -201,12 +190,11 @@ def read_header(path: str | os.PathLike[str]) -> FeatureHeader:
             coords = _zarr_read(root, "coords", path)
             attrs, ca = dict(root.attrs), dict(root["coords"].attrs)
         else:
-            from .formats import h5
 
             with h5.open_h5(path, FeatureFileError, "features file") as f:
                 coords = h5.read(f, "coords", path, FeatureFileError)
                 h5.dataset(f, "features", path, FeatureFileError, 0.0)
-                attrs, ca = _attrs(f["features"].attrs), _attrs(f["coords"].attrs)
+                attrs, ca = from_attrs(f["features"].attrs), from_attrs(f["coords"].attrs)
     except FeatureFileError:
         raise
     except _READ_ERRORS as err:
@@ -216,7 +204,6 @@ def read_header(path: str | os.PathLike[str]) -> FeatureHeader:
 
 
 def _read_h5(path: Path) -> FeatureSet:
-    from .formats import h5
 
     with h5.open_h5(path, FeatureFileError, "features file") as f:
         arrays = {}
@@ -228,12 +215,11 @@ def _read_h5(path: Path) -> FeatureSet:
             factor = _FEATURES_FACTOR if key == "features" else 1.0
             arrays[key] = h5.read(f, key, path, FeatureFileError, factor)
         return _feature_set(
-            path, arrays, _attrs(f["features"].attrs), _attrs(f["coords"].attrs)
+            path, arrays, from_attrs(f["features"].attrs), from_attrs(f["coords"].attrs)
         )
 
 
 def _zarr_root(path: Path) -> Any:
-    from .formats import zarr as zarr_store
 
     if file_problem(path, folder=True) == "no such file":
         raise FeatureFileError(f"{path}: no such features file")
@@ -241,7 +227,6 @@ def _zarr_root(path: Path) -> Any:
 
 
 def _zarr_read(root: Any, key: str, path: Path, factor: float = 1.0) -> np.ndarray:
-    from .formats import zarr as zarr_store
 
     return zarr_store.read(root, key, path, FeatureFileError, factor)
 
@@ -294,24 +279,11 @@ def _feature_set(
     )
 
 
-def _attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode(errors="replace")
-        elif isinstance(value, np.ndarray):
-            value = value.tolist()
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
-    return out
-
-
 def settings_differ(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The run settings that an existing file was made with and that differ from ``wanted``."""
     differ = {}
     for key, value in wanted.items():
         old = existing.get(key)
-        if json.dumps(_plain(old)) != json.dumps(_plain(value)):
+        if json.dumps(to_attr(old)) != json.dumps(to_attr(value)):
             differ[key] = (old, value)
     return differ

@@ -14,8 +14,8 @@ covers ``[(x - 0.5) * mpp, (x + size - 0.5) * mpp)``):
   (up to 4 patches at half-patch stride). A patch that points of two different classes select
   is left out as ambiguous.
 
-The probe is scikit-learn's ``LogisticRegression`` after a ``StandardScaler`` (balanced class
-weights, so a class painted more does not win by default); it is kept as a
+The probe is :func:`napari_xmag.maps.fit_linear_probe` (standardised features, a class-balanced
+logistic regression: the one probe recipe of the package), a
 :class:`napari_xmag.maps.LinearProbe` named ``class <id>`` per annotated class, saved and
 reloaded without pickle (:func:`napari_xmag.maps.save_probe` / ``load_probe``). Its maps are
 :func:`napari_xmag.maps.probe_maps`: one probability heatmap per class (summing to 1 in every
@@ -34,7 +34,16 @@ from typing import Any
 import numpy as np
 
 from .features import FeatureFileError, FeatureSet, read_features
-from .maps import LinearProbe, MapError, SlideMap, grid_for_features, load_probe, probe_maps, save_probe
+from .maps import (
+    LinearProbe,
+    MapError,
+    SlideMap,
+    fit_linear_probe,
+    grid_for_features,
+    load_probe,
+    probe_maps,
+    save_probe,
+)
 
 __all__ = [
     "FewShotError",
@@ -226,10 +235,6 @@ def patches_under_points(
 def train_probe(features: np.ndarray, selection: Selection, *, c: float = 1.0, seed: int = 0) -> LinearProbe:
     """Standardised features -> balanced ``LogisticRegression``, as a :class:`LinearProbe`
     whose classes are named ``class <id>``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     counts = selection.counts()
     if len(selection) == 0:
         raise FewShotError(
@@ -243,14 +248,8 @@ def train_probe(features: np.ndarray, selection: Selection, *, c: float = 1.0, s
             " classes; annotate another tissue type with another class id"
         )
     x = np.asarray(features, np.float64)[selection.index]
-    pipe = make_pipeline(
-        StandardScaler(),
-        LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed),
-    ).fit(x, selection.classes)
-    scaler, clf = pipe.steps[0][1], pipe.steps[-1][1]
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    return LinearProbe(clf.coef_, clf.intercept_, [f"class {int(k)}" for k in clf.classes_],
-                       scaler.mean_, scale)
+    names = [f"class {k}" for k in sorted(counts)]
+    return fit_linear_probe(x, selection.classes, c=c, seed=seed, class_names=names)
 
 
 def predict_maps(

@@ -26,6 +26,7 @@ from typing import Any
 
 from ._atomic import OutputKind, check_target, read_small_json, write_json
 from ._paths import file_problem
+from ._values import json_safe
 
 try:
     import fcntl
@@ -195,7 +196,7 @@ class RunManifest:
         """Append one slide's record to the journal, on disk before this returns."""
         entry["run"] = self.run_id
         entry["updated"] = time.time_ns()
-        line = json.dumps({"format": MANIFEST_FORMAT, "run": self.run_id, "slide": _plain(entry)}) + "\n"
+        line = json.dumps({"format": MANIFEST_FORMAT, "run": self.run_id, "slide": json_safe(entry)}) + "\n"
         with self._locked():
             fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
@@ -210,9 +211,3 @@ def _still_listed(entry: dict[str, Any]) -> bool:
     if entry.get("status") in ("done", "skipped"):
         return bool(entry.get("output")) and Path(entry["output"]).exists()
     return True
-
-
-def _plain(entry: dict[str, Any]) -> dict[str, Any]:
-    from ._json import json_safe
-
-    return json_safe(entry)

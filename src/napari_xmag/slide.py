@@ -20,15 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import openslide
 from PIL import Image
 
-from ._memory import format_size, return_freed_memory, too_big
+from ._memory import return_freed_memory, too_big
 from ._paths import file_problem
+from .slide_checks import damage_reason, missing_pixels_reason, not_brightfield_reason
 
 __all__ = [
     "MAGNIFICATION_MPP",
+    "level0_to_um",
+    "magnification_name",
+    "um_to_level0",
     "LevelArray",
     "MissingMppError",
     "MissingMppWarning",
@@ -43,8 +48,9 @@ __all__ = [
     "shared_tile_cache",
 ]
 
-#: The two magnifications the project is about, as µm per pixel.
+#: The named magnifications, as µm per pixel (the project is about 5x against 20x).
 MAGNIFICATION_MPP = {"40x": 0.25, "20x": 0.5, "10x": 1.0, "5x": 2.0, "2.5x": 4.0}
+STUDENT_MAGNIFICATION, TEACHER_MAGNIFICATION = "5x", "20x"
 
 DEFAULT_TILE = 256  # for formats that do not report a tile size
 _TILE_CACHE_ENV = "XMAG_TILE_CACHE_MB"
@@ -54,9 +60,6 @@ _RESAMPLE_TOLERANCE = 1e-3
 # No scanner images tissue coarser than this at level 0; such a value is a default DPI
 # written by a generic TIFF writer (72 dpi = 352.8 µm/px), not a calibration.
 _IMPLAUSIBLE_MPP = 100.0
-# Raw level-0 bytes per byte of a single-file (TIFF-based) slide: real scans, glass included,
-# stay far below (about 10-600); a file far above holds tiles it does not have.
-_MAX_PIXELS_PER_BYTE = 10_000
 
 
 class SlideError(Exception):
@@ -77,6 +80,13 @@ class MissingMppError(SlideError):
 
 class MissingMppWarning(UserWarning):
     """The slide records no µm per pixel; physical scales are unknown."""
+
+
+#: Where an mpp override is given, said the same way by every error about a missing mpp.
+MPP_OVERRIDE_HINT = (
+    "--mpp-override UM on the command line, the 'mpp override' field of the napari widgets,"
+    " or Slide(path, mpp=UM) (e.g. 0.5 for a 20x scan)"
+)
 
 
 _open_slides: weakref.WeakSet[Slide] = weakref.WeakSet()
@@ -126,6 +136,43 @@ def parse_mpp(value: float | str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"resolution must be a positive number of µm/px, got {value!r}")
     return float(value)
+
+
+def magnification_name(mpp: float, rel_tol: float = 1e-6) -> str | None:
+    """The name of a resolution (``2.0 -> "5x"``), or None when it is not within ``rel_tol`` of
+    a named one (``rel_tol=0.15`` names a scan: 0.499 µm/px is "20x")."""
+    name, value = min(MAGNIFICATION_MPP.items(), key=lambda item: abs(math.log(item[1] / mpp)))
+    return name if abs(value - mpp) <= rel_tol * value else None
+
+
+# ---- napari world coordinates ----------------------------------------------------------------
+# The slide layer our reader makes has ``scale = mpp`` and no translate, so level-0 pixel ``i``
+# is *centred* at world ``i * mpp`` µm: its left edge ``i`` is at ``(i - 0.5) * mpp``. Every
+# conversion between level-0 px and world µm in the package is one of these two.
+def level0_to_um(
+    values: Any, mpp: float | Sequence[float], offset: Sequence[float] = (0.0, 0.0)
+) -> np.ndarray:
+    """Level-0 positions (x, y pairs on the last axis: points, or boxes x0, y0, x1, y1; pixel
+    ``i`` spans ``[i, i + 1)``) as world µm, x, y order kept; ``offset``: the slide layer's
+    translate, as world (x, y)."""
+    values = np.asarray(values, np.float64)
+    mx, my = (mpp, mpp) if np.isscalar(mpp) else mpp  # type: ignore[misc]
+    pairs = values.shape[-1] // 2
+    scale = np.array([mx, my] * pairs)
+    shift = np.array(list(offset) * pairs, np.float64)
+    return (values - 0.5) * scale + shift
+
+
+def um_to_level0(
+    values: Any, mpp: float | Sequence[float], offset: Sequence[float] = (0.0, 0.0)
+) -> np.ndarray:
+    """The inverse of :func:`level0_to_um`: world µm (x, y pairs) as level-0 positions."""
+    values = np.asarray(values, np.float64)
+    mx, my = (mpp, mpp) if np.isscalar(mpp) else mpp  # type: ignore[misc]
+    pairs = values.shape[-1] // 2
+    scale = np.array([mx, my] * pairs)
+    shift = np.array(list(offset) * pairs, np.float64)
+    return (values - shift) / scale + 0.5
 
 
 @dataclass(frozen=True)
@@ -294,7 +341,7 @@ class Slide:
                 f"{self.path}: not an RGB brightfield slide: {not_rgb}. napari-xmag reads 8-bit RGB"
                 " brightfield slides (H&E, IHC); open fluorescence or grayscale images with another reader"
             )
-        sparse = _missing_pixels_reason(self.path, self._osr.dimensions)
+        sparse = missing_pixels_reason(self.path, self._osr.dimensions)
         if sparse:
             self._osr.close()
             raise SlideOpenError(f"{self.path}: {sparse}")
@@ -327,8 +374,8 @@ class Slide:
                 self.mpp_x = self.mpp_y = self.mpp_source = None
             if self.mpp_x is None:
                 warnings.warn(
-                    f"{self.path}: {reason}; physical scales are unknown. Pass an mpp override"
-                    " (e.g. --mpp-override 0.5) to use it at a target magnification.",
+                    f"{self.path}: {reason}; physical scales are unknown. To use it at a target"
+                    f" magnification, give an mpp override: {MPP_OVERRIDE_HINT}",
                     MissingMppWarning,
                     stacklevel=2,
                 )
@@ -401,9 +448,9 @@ class Slide:
         return _rgba_to_rgb(np.asarray(image))
 
     def level_mpp(self, level: int) -> tuple[float, float]:
-        self._require_mpp()
+        mpp_x, mpp_y = self.require_mpp_xy("its levels' µm per pixel are unknown")
         ds = self.levels[level].downsample
-        return self.mpp_x * ds, self.mpp_y * ds  # type: ignore[operator]
+        return mpp_x * ds, mpp_y * ds
 
     def summary(self) -> dict[str, Any]:
         """Metadata as plain JSON-able values (what ``xmag info`` prints)."""
@@ -431,7 +478,7 @@ class Slide:
         if self.mpp is not None:
             out["magnifications"] = {
                 name: dict(zip(("level", "factor"), self.best_level_for_mpp(m), strict=True), mpp=m)
-                for name, m in (("20x", 0.5), ("5x", 2.0))
+                for name, m in ((n, MAGNIFICATION_MPP[n]) for n in (TEACHER_MAGNIFICATION, STUDENT_MAGNIFICATION))
             }
         return out
 
@@ -442,7 +489,6 @@ class Slide:
     @functools.cached_property
     def pyramid(self) -> list[Any]:
         """One lazy dask array per level, chunked on the native tile grid."""
-        import dask.array as da
 
         arrays = []
         for level in range(self.level_count):
@@ -474,11 +520,19 @@ class Slide:
         """How many native tiles have been read from OpenSlide so far (for tests)."""
         return self._tile_reads
 
-    def _require_mpp(self) -> None:
-        if self.mpp_x is None:
+    def require_mpp(self, consequence: str = "physical sizes are unknown") -> float:
+        """The mean level-0 µm/px, or the one :class:`MissingMppError` every caller raises:
+        ``"{path}: the slide records no µm per pixel, so {consequence}; pass an mpp override ..."``."""
+        return float(np.mean(self.require_mpp_xy(consequence)))
+
+    def require_mpp_xy(self, consequence: str = "physical sizes are unknown") -> tuple[float, float]:
+        """(mpp x, mpp y), or :class:`MissingMppError` as :meth:`require_mpp` raises it."""
+        if self.mpp_x is None or self.mpp_y is None:
             raise MissingMppError(
-                f"{self.path}: the slide records no µm per pixel; pass an mpp override"
+                f"{self.path}: the slide records no µm per pixel, so {consequence}; pass an mpp"
+                f" override: {MPP_OVERRIDE_HINT}"
             )
+        return float(self.mpp_x), float(self.mpp_y)
 
     def _read_tile(self, level: int, col: int, row: int) -> np.ndarray:
         info = self.levels[level]
@@ -546,9 +600,8 @@ class Slide:
 
         Never upsamples unless the slide's finest level is coarser than the target.
         """
-        self._require_mpp()
         target = parse_mpp(mpp)
-        base = self.mpp  # type: ignore[assignment]
+        base = self.require_mpp(f"{target:g} µm/px cannot be found among its levels")
         best = 0
         for level, info in enumerate(self.levels):
             if base * info.downsample <= target * (1 + _RESAMPLE_TOLERANCE):
@@ -656,140 +709,6 @@ class Slide:
 
     def __repr__(self) -> str:
         return f"Slide({str(self.path)!r}, levels={self.level_count}, mpp={self.mpp})"
-
-
-# ---- what is wrong with a file OpenSlide refuses, or reads without complaint ----------------
-# first four bytes -> (byte order, BigTIFF)
-_TIFF_MAGIC = {
-    b"II*\x00": ("<", False), b"MM\x00*": (">", False), b"II+\x00": ("<", True), b"MM\x00+": (">", True),
-}
-_MAX_IFDS = 4096
-
-
-def damage_reason(path: str | os.PathLike[str]) -> str | None:
-    """Why a file OpenSlide refused is not a slide, when the bytes tell: empty, or a truncated TIFF."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return "the file is empty (0 bytes)"
-        with path.open("rb") as fh:
-            return _tiff_truncation(fh, size)
-    except OSError:
-        return None
-
-
-def _missing_pixels_reason(path: Path, dimensions: tuple[int, int]) -> str | None:
-    """Why a single-file (TIFF-based) slide cannot hold the pixels it declares, or None.
-
-    A few kilobytes declaring 30000 x 30000 px would otherwise be read as white tiles, gigabytes
-    of them: such a file is damaged or made to exhaust memory.
-    """
-    try:
-        with path.open("rb") as fh:
-            if fh.read(4) not in _TIFF_MAGIC:
-                return None  # formats that keep their data beside the file (MIRAX, VMS, DICOM)
-        size = path.stat().st_size
-    except OSError:
-        return None
-    raw = 3 * int(dimensions[0]) * int(dimensions[1])
-    if raw <= _MAX_PIXELS_PER_BYTE * max(size, 1):
-        return None
-    return (
-        f"declares {dimensions[0]} x {dimensions[1]} px ({format_size(raw)} of pixels) at level 0 but the"
-        f" file is only {format_size(size)}: its image data is missing (a damaged or crafted file)"
-    )
-
-
-def _tiff_truncation(fh: Any, size: int) -> str | None:
-    """A message when a TIFF's chain of image directories runs past the end of the file."""
-    import struct
-
-    head = fh.read(16)
-    if head[:4] not in _TIFF_MAGIC:
-        return None
-    order, big = _TIFF_MAGIC[head[:4]]
-    count_fmt, entry, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
-    off_size = struct.calcsize(off_fmt)
-    cut = f"the file is truncated ({size} bytes): its TIFF image directory at byte {{}} lies past its end"
-    if len(head) < (16 if big else 8):
-        return f"the file is truncated ({size} bytes): it ends inside the TIFF header"
-    offset = struct.unpack(order + off_fmt, head[8:16] if big else head[4:8])[0]
-    seen: set[int] = set()
-    while offset and offset not in seen and len(seen) < _MAX_IFDS:
-        seen.add(offset)
-        count_size = struct.calcsize(count_fmt)
-        if offset + count_size > size:
-            return cut.format(offset)
-        fh.seek(offset)
-        (count,) = struct.unpack(order + count_fmt, fh.read(count_size))
-        end = offset + count_size + count * entry + off_size
-        if end > size:
-            return cut.format(offset)
-        fh.seek(end - off_size)
-        (offset,) = struct.unpack(order + off_fmt, fh.read(off_size))
-    return None
-
-
-@functools.lru_cache(maxsize=64)
-def _tiff_samples(
-    path: str, size: int, mtime_ns: int, dimensions: tuple[int, int] | None
-) -> tuple[int, int, str, str, int, int] | None:
-    """(samples, bits, photometric, sample format, width, height) of the TIFF image of
-    ``dimensions`` (the first such among the first 64), or of the first image when None."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            for i, page in enumerate(tif.pages):
-                if i >= 64:
-                    break
-                size_ = (int(getattr(page, "imagewidth", -1)), int(getattr(page, "imagelength", -1)))
-                if dimensions is None or size_ == dimensions:
-                    return (
-                        int(page.samplesperpixel), int(page.bitspersample),
-                        tifffile.PHOTOMETRIC(int(page.photometric)).name,
-                        tifffile.SAMPLEFORMAT(int(page.sampleformat)).name, *size_,
-                    )
-    except Exception:  # not a TIFF tifffile reads: nothing to say
-        return None
-    return None
-
-
-def not_brightfield_reason(
-    path: str | os.PathLike[str], dimensions: tuple[int, int] | None = None
-) -> str | None:
-    """Why a TIFF-based slide is not 8-bit RGB (grayscale, multi-channel fluorescence, 16-bit),
-    or None when it is RGB or its format is not TIFF-based.
-
-    OpenSlide converts any TIFF to RGBA without a word: a 16-bit grayscale or a 5-channel
-    fluorescence image opens as grey or false-colour pixels, which a brightfield model would
-    embed as if they were stained tissue. ``dimensions``: level 0 (width, height); the image
-    of that size is examined, else the file's first image (a cheap probe).
-    """
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            if fh.read(4) not in _TIFF_MAGIC:
-                return None
-        stat = path.stat()
-    except OSError:
-        return None
-    dims = None if dimensions is None else (int(dimensions[0]), int(dimensions[1]))
-    found = _tiff_samples(str(path), stat.st_size, stat.st_mtime_ns, dims)
-    if found is None:  # no image of level 0's size: not one whose samples can be judged
-        return None
-    samples, bits, photometric, sample_format, width, height = found
-    colour = photometric in ("RGB", "YCBCR") and samples in (3, 4)
-    if (colour or photometric == "PALETTE") and bits == 8 and sample_format == "UINT":
-        return None
-    names = {"MINISBLACK": "grayscale", "MINISWHITE": "grayscale", "YCBCR": "RGB"}
-    kind = names.get(photometric, photometric)
-    if samples > 1 and kind == "grayscale":
-        kind = "multi-channel"
-    fmt = {"UINT": "", "INT": " signed", "IEEEFP": " float"}.get(sample_format, f" {sample_format.lower()}")
-    channels = f"{samples} channel{'s' if samples != 1 else ''} of {bits}-bit{fmt} samples"
-    return f"its {width} x {height} px image is {kind} ({channels})"
 
 
 def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:

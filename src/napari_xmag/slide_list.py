@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ._paths import MAX_LIST_BYTES, file_problem
+from .slide import parse_mpp
 
 __all__ = ["LIST_SUFFIXES", "SLIDE_SUFFIXES", "SlideEntry", "SlideListError", "find_slides"]
 
@@ -85,7 +86,6 @@ def _expand(source: str | os.PathLike[str] | SlideEntry) -> list[SlideEntry]:
 
 def _read_list(path: Path) -> list[SlideEntry]:
     """A ``.txt`` list (one path a line) or a CSV with ``slide`` (and ``mpp_override``) columns."""
-    from .slide import parse_mpp
 
     problem = file_problem(path, max_bytes=MAX_LIST_BYTES)
     if problem:  # a link to /dev/zero would be read for ever

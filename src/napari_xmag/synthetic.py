@@ -1,7 +1,8 @@
-"""Write Aperio-style tiled JPEG pyramids, and a procedural tissue-like sample slide.
+"""Write Aperio-style tiled JPEG pyramids, and the procedural tissue-like sample slide.
 
-Used by the sample-data contribution, the tests' fixtures and the benchmarks, so that
-everything is read back through OpenSlide exactly as a scanner's file would be.
+Used by the sample-data contribution (:func:`sample_slide_path`: made once into the user
+cache), the tests' fixtures and the benchmarks, so that everything is read back through
+OpenSlide exactly as a scanner's file would be.
 """
 
 from __future__ import annotations
@@ -11,8 +12,24 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import tifffile
+from PIL import Image
+from scipy import ndimage
 
-__all__ = ["mirrored_source", "tissue_image", "tissue_regions", "write_aperio_pyramid", "write_sample_slide"]
+from ._atomic import ANY_FILE, atomic_path
+from ._paths import user_cache_dir
+
+__all__ = [
+    "SAMPLE_NAME",
+    "mirrored_source",
+    "sample_slide_path",
+    "tissue_image",
+    "tissue_regions",
+    "write_aperio_pyramid",
+    "write_sample_slide",
+]
+
+SAMPLE_NAME = "xmag-sample-v1.svs"  # bump the version when the generator's output changes
 
 #: ``source(level_downsample, y, x, h, w)`` returns level pixels (h, w, 3) uint8.
 TileSource = Callable[[int, int, int, int, int], np.ndarray]
@@ -37,9 +54,7 @@ def write_aperio_pyramid(
     in memory at once. The file appears only when complete (temp name, then rename); a file
     already at ``path`` is replaced only with ``overwrite``.
     """
-    import tifffile
 
-    from ._atomic import ANY_FILE, atomic_path
 
     path = Path(path)
     fields = [f"AppMag = {app_mag:g}" if app_mag else None, f"MPP = {mpp:g}" if mpp else None]
@@ -82,7 +97,6 @@ def _tiles(source: TileSource, ds: int, w: int, h: int, tile: int) -> Iterator[n
 def _downsampled(image: np.ndarray, ds: int) -> np.ndarray:
     if ds == 1:
         return image
-    from PIL import Image
 
     h, w = image.shape[:2]
     return np.asarray(Image.fromarray(image).resize((max(1, w // ds), max(1, h // ds)), Image.Resampling.BOX))
@@ -155,8 +169,6 @@ def _regions(
     rng: np.random.Generator, width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray, Callable[[float], np.ndarray]]:
     """Tissue and tumour masks from the first two draws of ``rng``, and the field maker."""
-    from PIL import Image
-    from scipy import ndimage
 
     coarse = (max(4, height // 64), max(4, width // 64))
 
@@ -185,3 +197,15 @@ def write_sample_slide(
         return levels[ds][y : y + h, x : x + w]
 
     return write_aperio_pyramid(path, width, height, source, mpp=0.5, app_mag=20)
+
+
+def sample_slide_path(folder: str | os.PathLike[str] | None = None) -> Path:
+    """The sample slide's path, written on first use (atomically) with a fixed seed, into
+    ``folder`` or the user cache (``XMAG_CACHE_DIR``)."""
+
+    folder = Path(folder) if folder is not None else user_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SAMPLE_NAME
+    if not path.exists():
+        write_sample_slide(path, seed=0)
+    return path

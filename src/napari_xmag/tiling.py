@@ -16,18 +16,32 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
-from napari_xmag.slide import MAGNIFICATION_MPP, MissingMppError, Slide, parse_mpp
+from .slide import MAGNIFICATION_MPP, Slide, SlideError, magnification_name, parse_mpp
 
 __all__ = [
+    "NoTissueError",
     "PairGeometry",
     "PatchGrid",
+    "SlidePairs",
+    "SlideTooSmallError",
     "TissueMask",
     "grid_report",
     "pair_geometry",
+    "patch_at",
     "patch_grid",
+    "require_patches",
+    "slide_pairs",
     "teacher_crop_coords",
     "tissue_mask",
 ]
+
+
+class NoTissueError(SlideError):
+    """No patch of the slide (or of the region asked for) holds enough tissue."""
+
+
+class SlideTooSmallError(NoTissueError):
+    """The slide is so small against one patch that no patch can hold enough of it."""
 
 # Glass is nearly grey; H&E stain is not. Below this HSV saturation nothing counts as
 # tissue, whatever Otsu says (it splits even a blank slide's JPEG noise in two).
@@ -142,7 +156,7 @@ def tissue_mask(
     lower class is not glass-like (a single colour; an image cropped inside tissue), gets an
     empty mask, with ``threshold`` None.
     """
-    base = _require_mpp(slide, "compute a tissue mask")
+    base = slide.require_mpp("a tissue mask cannot be computed")
     mask_mpp = parse_mpp(mpp)
     if mask_mpp < base:
         raise ValueError(
@@ -161,16 +175,6 @@ def tissue_mask(
     tissue = (saturation > threshold) & (darkest < white_level)
     tissue = _clean(tissue, mask_mpp, min_area_um2, max_hole_um2, closing_um, opening_um)
     return TissueMask(tissue, mask_mpp, downsample, threshold)
-
-
-def _require_mpp(slide: Slide, purpose: str) -> float:
-    if slide.mpp is None:
-        raise MissingMppError(
-            f"{slide.path}: cannot {purpose}: the slide records no µm per pixel, so physical"
-            " sizes are unknown. Pass an mpp override (e.g. Slide(path, mpp=0.5) or"
-            " --mpp-override 0.5)."
-        )
-    return slide.mpp
 
 
 def _hsv_saturation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -311,10 +315,7 @@ class PatchGrid:
     @property
     def magnification(self) -> str | None:
         """The name of ``mpp`` ("5x", "20x", ...) when it is a named magnification, else None."""
-        for name, value in MAGNIFICATION_MPP.items():
-            if math.isclose(value, self.mpp):
-                return name
-        return None
+        return magnification_name(self.mpp)
 
     def bounds_level0(self) -> np.ndarray:
         """(N, 4) float level-0 boxes x0, y0, x1, y1."""
@@ -341,7 +342,7 @@ def patch_grid(
     defaults; pass it to build several grids from one mask.
     """
     target = parse_mpp(mpp)
-    base = _require_mpp(slide, f"build a patch grid at {target:g} µm/px")
+    base = slide.require_mpp(f"{target:g} µm/px patches cannot be cut")
     stride = patch_size if stride is None else stride
     _check_grid_arguments(patch_size, stride, min_tissue)
     level, factor = slide.best_level_for_mpp(target)
@@ -384,7 +385,7 @@ def _check_grid_arguments(patch_size: int, stride: int, min_tissue: float) -> No
 
 def _check_mask_matches(mask: TissueMask, slide: Slide) -> None:
     """Refuse a mask made for another slide, or for this one at another mpp override."""
-    expected = mask.mpp / slide.mpp  # type: ignore[operator]
+    expected = mask.mpp / slide.require_mpp()
     if not math.isclose(mask.downsample, expected, rel_tol=1e-3):
         raise ValueError(
             f"{slide.path}: the tissue mask ({mask.mpp:g} µm/px, downsample {mask.downsample:.4g})"
@@ -467,7 +468,7 @@ def pair_geometry(
     number, or the crops would not tile the patch's field of view: ValueError otherwise.
     """
     teacher = parse_mpp(teacher_mpp)
-    base = _require_mpp(slide, f"pair patches with crops at {teacher:g} µm/px")
+    base = slide.require_mpp(f"patches cannot be paired with crops at {teacher:g} µm/px")
     _check_grid_matches(grid, slide)
     per_side = _crops_per_side(grid.patch_size * grid.mpp, crop_size * teacher)
     level, _ = slide.best_level_for_mpp(teacher)
@@ -512,6 +513,82 @@ def teacher_crop_coords(
     For the default 5x grid (224 px at 2.0 µm/px) and 224 px crops at 0.5 µm/px, n = 4.
     """
     return pair_geometry(grid_5x, slide, teacher_mpp, crop_size).crop_coords(grid_5x.coords)
+
+
+# ---- one slide's student patches and their teacher crops --------------------------------------
+@dataclass(frozen=True, eq=False)
+class SlidePairs:
+    """A slide's 5x patch grid and the 20x pairing of its patches: what compare, distill, MIL
+    and the magnification explorer all start from."""
+
+    grid: PatchGrid
+    pairs: PairGeometry
+    mask: TissueMask | None
+
+    @property
+    def coords(self) -> np.ndarray:
+        return self.grid.coords
+
+    def crop_coords(self, coords: np.ndarray | None = None) -> np.ndarray:
+        """(N, n*n, 2) level-0 origins of the teacher crops of ``coords`` (default: the grid's)."""
+        return self.pairs.crop_coords(self.grid.coords if coords is None else coords)
+
+
+def slide_pairs(
+    slide: Slide,
+    student_mpp: float | str = MAGNIFICATION_MPP["5x"],
+    teacher_mpp: float | str = MAGNIFICATION_MPP["20x"],
+    patch_size: int = 224,
+    crop_size: int = 224,
+    stride: int | None = None,
+    min_tissue: float = 0.25,
+    mask: TissueMask | None = None,
+) -> SlidePairs:
+    """The slide's grid of ``patch_size`` px patches at ``student_mpp`` with at least
+    ``min_tissue`` tissue, and how each pairs with ``crop_size`` px crops at ``teacher_mpp``.
+
+    The one place the 5x grid and its 20x pairing are made: a 224 px patch at 2.0 µm/px is
+    448 µm, a 896 px region at 0.5 µm/px, 4 x 4 crops of 224 px.
+    """
+    mask = tissue_mask(slide) if mask is None else mask
+    grid = patch_grid(slide, student_mpp, patch_size, stride, min_tissue, mask)
+    return SlidePairs(grid, pair_geometry(grid, slide, teacher_mpp, crop_size), mask)
+
+
+def patch_at(slide: Slide, point: tuple[float, float], mpp: float | str = MAGNIFICATION_MPP["5x"],
+             patch_size: int = 224) -> PatchGrid:
+    """A one-patch grid: the ``patch_size`` px patch at ``mpp`` centred on level-0 ``point`` (x, y),
+    its origin on the pixel grid of the level ``read_region`` reads (as ``patch_grid``'s are)."""
+    target = parse_mpp(mpp)
+    base = slide.require_mpp(f"a {target:g} µm/px patch cannot be placed")
+    level, _ = slide.best_level_for_mpp(target)
+    ds = slide.levels[level].downsample
+    size0 = patch_size * target / base
+    x, y = (round(round((c - size0 / 2) / ds) * ds) for c in point)
+    return PatchGrid(
+        coords=np.array([[x, y]], np.int64), mpp=target, patch_size=patch_size, stride=patch_size,
+        level=level, level_downsample=ds, patch_size_level0=size0, step_level0=round(size0),
+        tissue=np.ones(1), slide_dimensions=slide.dimensions,
+    )
+
+
+def require_patches(grid: PatchGrid, slide: Slide, mask: TissueMask | None = None, where: str = "") -> None:
+    """The one :class:`NoTissueError` for a grid without patches: what was asked, how much
+    tissue there is, and what to change."""
+    if len(grid):
+        return
+    if mask is not None and not mask.mask.any():  # lowering the threshold would not help
+        raise NoTissueError(
+            f"{slide.path}: no {grid.patch_size} px patch at {grid.mpp} µm/px{where} holds"
+            f" {grid.min_tissue:.0%} tissue: tissue covers 0.0% of the slide (blank glass, or not a"
+            " stained brightfield slide?)"
+        )
+    covered = f" (tissue covers {mask.tissue_fraction:.1%} of the slide)" if mask is not None else ""
+    raise NoTissueError(
+        f"{slide.path}: no {grid.patch_size} px patch at {grid.mpp} µm/px{where} holds"
+        f" {grid.min_tissue:.0%} tissue{covered}; lower the tissue threshold (--tissue-threshold)"
+        " if the tissue is small or sparse"
+    )
 
 
 # ---- report -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Pick a slide layer, a student and a teacher, and where: the whole slide (a GPU j
 last rectangle of a Shapes layer (CPU-friendly), press *Run*; or *Load* a folder an earlier
 run (or ``xmag compare``) wrote. Three panels appear side by side, each over the slide:
 
-* on the slide itself, the per-patch student-teacher cosine (:func:`maps.cosine_map`, aligned
+* on the slide itself, the per-patch student-teacher cosine (:func:`napari_xmag.compare.cosine_map`, aligned
   with the slide layer);
 * one slide width to the right, a copy of the slide with the student's k-means clusters;
 * two slide widths to the right, a copy with the teacher's k-means clusters on the same
@@ -26,14 +26,10 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
 
 from napari_xmag import compare, maps
+from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import slide_layers
-from napari_xmag.models import list_models
-
-# timm (through torchvision) imports torch._dynamo and triton. Imported after an OpenGL context
-# on Mesa's llvmpipe (Xvfb, CI) exists, triton's LLVM clashes with Mesa's and the process
-# segfaults; so they load with this module, before a test viewer draws (napari users with a
-# vendor OpenGL driver are not affected either way).
-import timm  # noqa: F401  isort: skip
+from napari_xmag.compare import matched_labels, report_rows
+from napari_xmag.models.registry import list_models
 
 if TYPE_CHECKING:
     import napari
@@ -63,49 +59,12 @@ def roi_from_rectangle(
     return (int(px0), int(py0), int(px1 - px0), int(py1 - py0))
 
 
-def table_rows(report: dict[str, Any]) -> dict[str, str]:
-    """The table's rows from a comparison report: name -> formatted value."""
-
-    def num(v: float | None, fmt: str = ".3f") -> str:
-        return "n/a" if v is None else format(v, fmt)
-
-    sec, cos = report["seconds"], report["cosine"]
-    random = [s for s in ("student", "teacher") if report[s]["weights"]["random"]]
-    return {
-        "student": f"{report['student']['model']} @ {report['student']['mpp']:g} µm/px",
-        "teacher": f"{report['teacher']['model']} @ {report['teacher']['mpp']:g} µm/px",
-        "weights": "RANDOM: " + ", ".join(random) if random else "real",
-        "student patches": str(report["patches"]["student"]),
-        "teacher crops": str(report["patches"]["teacher"]),
-        "student time (s)": f"{sec['student']:.2f}",
-        "teacher time (s)": f"{sec['teacher']:.2f}",
-        "speed-up": f"{num(report['speedup'], '.1f')}x",
-        "cosine mean": f"{num(cos['mean'])} ({report['mapping']}, {cos['scored']} scored)",
-        "CKA": num(report["cka"]),
-        "ARI": f"{num(report['ari'])} (k={report['clusters']})",
-    }
-
-
-def matched_labels(student: np.ndarray, teacher: np.ndarray) -> np.ndarray:
-    """Teacher cluster ids renamed to the student clusters they overlap most (one to one)."""
-    from scipy.optimize import linear_sum_assignment
-
-    k = int(max(student.max(initial=0), teacher.max(initial=0))) + 1
-    overlap = np.zeros((k, k), np.int64)
-    np.add.at(overlap, (teacher, student), 1)
-    rows, cols = linear_sum_assignment(-overlap)
-    rename = np.arange(k)
-    rename[rows] = cols
-    return rename[teacher]
-
-
 class ComparisonWidget(Container):
     """Dock widget: the 5x student against the 20x teacher, on a slide or a rectangle of it."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self._viewer = viewer
-        self._tiny = False  # tests: the small configurations of the models
         self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
         students = [n for n in list_models() if n == "xmag"] or list_models()
         teachers = [n for n in list_models() if n != "xmag"]
@@ -182,7 +141,7 @@ class ComparisonWidget(Container):
         mpp = meta.get("mpp_x") if meta.get("mpp_source") == "override" else None
         out = self._out_dir(layer)
         weights = "random" if self._weights_edit.value == RANDOM else "auto"
-        student, teacher, tiny = self._student_edit.value, self._teacher_edit.value, self._tiny
+        student, teacher = self._student_edit.value, self._teacher_edit.value
         self._cancel = threading.Event()
         cancel = self._cancel
         self._status.value = f"Loading {student} and {teacher}..."
@@ -191,12 +150,11 @@ class ComparisonWidget(Container):
 
         # The models are built here, on the main thread: their first build imports parts of
         # torch (dynamo, triton) that crash when first imported from a worker thread under Qt.
-        from napari_xmag.models import create_model
-        from napari_xmag.models.weights import WeightsError
+        from napari_xmag.models import WeightsError, create_model
 
         try:
-            s = create_model(student, weights=weights, tiny=tiny)
-            t = create_model(teacher, weights=weights, tiny=tiny)
+            s = create_model(student, weights=weights)
+            t = create_model(teacher, weights=weights)
         except (WeightsError, OSError, ValueError) as err:
             self._status.value = f"{err}\n(choose weights: {RANDOM} to try the widget without them)"
             return
@@ -254,7 +212,7 @@ class ComparisonWidget(Container):
 
     def _on_result(self, result: compare.ComparisonResult) -> None:
         self.result = result
-        cos = maps.cosine_map(result)
+        cos = compare.cosine_map(result)
         translate, width_um = self._slide_frame(result)
         shift = width_um * (1 + GAP)
         slide = self._slide_for(result)
@@ -277,7 +235,7 @@ class ComparisonWidget(Container):
                 name += " (RANDOM WEIGHTS)"
             self._show_labels(side, raster, grid, offset, name, maps.label_colors(k))
         self._show_captions(result, translate, width_um, shift)
-        rows_ = table_rows(result.report)
+        rows_ = report_rows(result.report)
         self._table.value = {"data": [[v] for v in rows_.values()], "index": list(rows_),
                              "columns": ["value"]}
         self._table.native.resizeColumnsToContents()
@@ -307,9 +265,7 @@ class ComparisonWidget(Container):
         value = self._out_edit.value
         if value is not None and str(value) not in ("", "."):
             return Path(value)
-        from napari_xmag.sample import cache_dir
-
-        out = cache_dir() / "comparisons" / Path(layer.metadata["xmag"]["path"]).stem
+        out = user_cache_dir() / "comparisons" / Path(layer.metadata["xmag"]["path"]).stem
         self._out_edit.value = out
         return out
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import (
     RANDOM_TAG,
     replace_layer,
@@ -37,6 +37,8 @@ from napari_xmag._widgets._common import (
     slide_layers,
     slide_offset,
 )
+from napari_xmag.models.precision import PRECISIONS
+from napari_xmag.models.registry import list_models
 
 if TYPE_CHECKING:
     import napari
@@ -51,9 +53,7 @@ GRID_COLOUR = "#ffd400"
 
 def default_output_folder() -> Path:
     """``<user cache>/features`` (``XMAG_CACHE_DIR/features`` when that is set)."""
-    from napari_xmag.sample import cache_dir
-
-    return cache_dir() / "features"
+    return user_cache_dir() / "features"
 
 
 def run_folder(out_dir: str | Path, model: str, weights: str, settings: Any) -> Path:
@@ -70,26 +70,11 @@ def run_folder(out_dir: str | Path, model: str, weights: str, settings: Any) -> 
 
 
 class InferenceWidget(Container):
-    """Dock widget: embed a slide with a model, then show its maps aligned with the slide.
+    """Dock widget: embed a slide with a model, then show its maps aligned with the slide."""
 
-    ``tiny`` and ``model_overrides`` are for tests (the models' small configurations); they are
-    not shown in the dock.
-    """
-
-    def __init__(
-        self,
-        viewer: napari.viewer.Viewer,
-        *,
-        tiny: bool = False,
-        model_overrides: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        from napari_xmag.embed import PRECISIONS
-        from napari_xmag.models import list_models
-
         self._viewer = viewer
-        self._tiny = tiny
-        self._overrides = dict(model_overrides or {})
         names = list_models()
         self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
         self._model_edit = LineEdit(
@@ -255,33 +240,24 @@ class InferenceWidget(Container):
         """A lazy model: built in the worker the first time, then kept for later runs."""
         key = (name, weights)
         if key not in self._models:
-            self._models[key] = _LazyModel(name, weights, self._tiny, self._overrides)
+            self._models[key] = _LazyModel(name, weights)
         return self._models[key]
-
-
-def _import_torch() -> None:
-    """Import torch's heavy C extensions on the main thread: some (triton, via torch._dynamo)
-    crash when first loaded in a Qt worker thread."""
-    import torch._dynamo  # noqa: F401
-
-    import napari_xmag.models  # noqa: F401
 
 
 class _LazyModel:
     """Builds the model on first use (in the worker thread: loading weights takes a while)."""
 
-    def __init__(self, name: str, weights: str, tiny: bool, overrides: Mapping[str, Any]) -> None:
-        self.name, self.weights, self.tiny, self.overrides = name, weights, tiny, dict(overrides)
+    def __init__(self, name: str, weights: str) -> None:
+        self.name, self.weights = name, weights
         self._model: Any = None
         self._lock = threading.Lock()
 
     def get(self) -> Any:
         with self._lock:
             if self._model is None:
-                from napari_xmag.models import create_model
+                from napari_xmag.models import create_model  # torch: in the worker, on first use
 
-                self._model = create_model(self.name, weights=self.weights, tiny=self.tiny,
-                                           overrides=self.overrides or None)
+                self._model = create_model(self.name, weights=self.weights)
             return self._model
 
 

@@ -1,4 +1,4 @@
-"""The Magnification explorer dock widget: wiring only; the work is in :mod:`napari_xmag.explorer`.
+"""The Magnification explorer dock widget: wiring only; the work is in :mod:`napari_xmag.magnification`.
 
 Pick a slide layer and a place (the view centre, the last cursor position, a point of a
 Points layer or a rectangle of a Shapes layer), press *Show magnifications*: the field of
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, Table
 
-from napari_xmag import explorer
+from napari_xmag import magnification
 from napari_xmag._widgets._common import slide_layers
 from napari_xmag.slide import SlideError
 
@@ -48,7 +48,7 @@ class MagnificationExplorer(Container):
         )
         self._fov_edit = FloatSpinBox(
             label="field (µm)",
-            value=explorer.DEFAULT_FOV_UM,
+            value=magnification.DEFAULT_FOV_UM,
             min=16.0,
             max=1000.0,
             step=16.0,
@@ -116,7 +116,7 @@ class MagnificationExplorer(Container):
         mpp = meta.get("mpp_x") if meta.get("mpp_source") == "override" else None
         translate = tuple(layer.translate[-2:])
         try:
-            slide_explorer = explorer.explorer_for(meta["path"], mpp=mpp)
+            slide_explorer = magnification.explorer_for(meta["path"], mpp=mpp)
             try:
                 fov = self._field_of_view(slide_explorer, translate)
             except ValueError as err:  # the place: off the slide, an empty layer
@@ -126,7 +126,7 @@ class MagnificationExplorer(Container):
         except (SlideError, ValueError, OSError) as err:  # no mpp, a corrupt tile, too big a field
             self._status.value = str(err)
             return
-        arrangement = explorer.layout(views, fov, slide_explorer.slide, translate)
+        arrangement = magnification.layout(views, fov, slide_explorer.slide, translate)
         units = layer.units[-2:]
         panels = [self._show_panel(panel, units) for panel in arrangement.panels]
         captions = self._show_text(
@@ -152,8 +152,8 @@ class MagnificationExplorer(Container):
 
     # ---- wiring helpers -----------------------------------------------------------------
     def _field_of_view(
-        self, slide_explorer: explorer.SlideExplorer, translate: tuple[float, float]
-    ) -> explorer.FieldOfView:
+        self, slide_explorer: magnification.SlideExplorer, translate: tuple[float, float]
+    ) -> magnification.FieldOfView:
         """The field from the chosen source, as µm relative to the slide layer."""
         from napari.layers import Shapes
 
@@ -162,10 +162,10 @@ class MagnificationExplorer(Container):
         size = self._fov_edit.value
         if source == VIEW_CENTRE:
             y, x = np.asarray(self._camera().center[-2:]) - translate
-            return explorer.field_of_view(slide, point=(x, y), size_um=size, units="um")
+            return magnification.field_of_view(slide, point=(x, y), size_um=size, units="um")
         if source == CURSOR:
             y, x = np.asarray(self._viewer.cursor.position[-2:]) - translate
-            return explorer.field_of_view(slide, point=(x, y), size_um=size, units="um")
+            return magnification.field_of_view(slide, point=(x, y), size_um=size, units="um")
         items = source.data
         if len(items) == 0:
             raise ValueError(f"{source.name} is empty: add a point or draw a rectangle")
@@ -174,9 +174,9 @@ class MagnificationExplorer(Container):
         world = np.array([source.data_to_world(v) for v in np.atleast_2d(item)])[:, -2:] - translate
         if isinstance(source, Shapes):
             (y0, x0), (y1, x1) = world.min(0), world.max(0)
-            return explorer.field_of_view(slide, box=(x0, y0, x1, y1), units="um")
+            return magnification.field_of_view(slide, box=(x0, y0, x1, y1), units="um")
         y, x = world[-1]
-        return explorer.field_of_view(slide, point=(x, y), size_um=size, units="um")
+        return magnification.field_of_view(slide, point=(x, y), size_um=size, units="um")
 
     def _fit_table(self) -> None:
         """Columns as wide as their contents (the dock keeps its width; the table scrolls)."""
@@ -193,7 +193,7 @@ class MagnificationExplorer(Container):
                 return layer
         return None
 
-    def _show_panel(self, panel: explorer.Panel, units: Any) -> Any:
+    def _show_panel(self, panel: magnification.Panel, units: Any) -> Any:
         view = panel.view
         name = f"{view.magnification} · {view.mpp[0]:.2f} µm/px" + (" (enlarged)" if view.enlarged else "")
         layer = self._owned(view.magnification)
@@ -226,19 +226,19 @@ class MagnificationExplorer(Container):
         layer.features = features
         return layer
 
-    def _show_outlines(self, outlines: list[explorer.Outline], field_um: float, units: Any) -> Any:
+    def _show_outlines(self, outlines: list[magnification.Outline], field_um: float, units: Any) -> Any:
         """The student patch and teacher crops, edges only, on the slide and on the pictures."""
         colours = {"student": STUDENT_COLOUR, "teacher": TEACHER_COLOUR, "field": FIELD_COLOUR}
         # Edge widths in µm, as pixels of a 224 px picture of the field: thin lines (under
         # a screen pixel at the framed zoom) would flicker in and out as the view moves.
         widths = {"student": 3.0, "teacher": 2.0, "field": 3.0}
-        pixel = field_um / explorer.PATCH_SIZE  # µm per pixel of a 224 px picture of the field
+        pixel = field_um / magnification.PATCH_SIZE  # µm per pixel of a 224 px picture of the field
         features = {
             "label": [o.label for o in outlines],
             "kind": [o.kind for o in outlines],
             "colour": [colours[o.kind] for o in outlines],
         }
-        rects = list(explorer.rectangles(np.array([o.box for o in outlines])))
+        rects = list(magnification.rectangles(np.array([o.box for o in outlines])))
         style = {
             "edge_color": [colours[o.kind] for o in outlines],
             "edge_width": [widths[o.kind] * pixel for o in outlines],

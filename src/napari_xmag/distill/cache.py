@@ -16,7 +16,9 @@ augmentation changes its input:
   invariance), so it is not offered silently.
 
 ``student`` holds the un-augmented 5x image of each pair ``(N, S, S, 3)`` uint8, so that a
-cached epoch never opens a slide. Targets are float16 (cosine targets; half the space).
+cached epoch never opens a slide (``images=False`` leaves it out: fine-tuning reads its patches
+itself). Targets are float16 (cosine targets; half the space). The one teacher-target cache of
+the package: distillation builds one over all its slides, MIL fine-tuning one per slide.
 
 Sizes per pair at XMAG's defaults (UNI2-h, D = 1536): teacher targets 4 x 16 x 1536 x 2 B =
 192 KiB, the student image 147 KiB before compression. 100 000 pairs: ~34 GB.
@@ -35,13 +37,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 from torch.utils.data import DataLoader
 
-from .._progress import progress_bar
 from .._atomic import OutputKind, atomic_path, read_small_json
+from .._progress import progress_bar
+from ..formats import zarr as zarr_store
+from ..provenance import model_identity
 from .augment import FLIP_VARIANTS, View
 from .pairs import PairDataset, PairIndex
-from .teacher import embed_crops, model_identity
+from .teacher import embed_crops
 
 __all__ = ["CACHE_FORMAT", "CacheMismatchError", "TeacherCache", "build_teacher_cache"]
 
@@ -73,7 +78,6 @@ class TeacherCache:
     """
 
     def __init__(self, path: str | Path, *, in_memory: bool = False) -> None:
-        from ..formats import zarr as zarr_store
 
         self.path = Path(path)
         group = zarr_store.open_group(self.path, CacheMismatchError, "teacher cache")
@@ -83,8 +87,9 @@ class TeacherCache:
         self.variants = len(self.attrs["variants"])
         self.in_memory = in_memory
         self._arrays: tuple[Any, Any] | None = None
+        self.images = "student" in group
         if in_memory:
-            self._arrays = (group["student"][...], group["teacher"][...])
+            self._arrays = (group["student"][...] if self.images else None, group["teacher"][...])
 
     def __len__(self) -> int:
         return int(self.attrs["pairs"])
@@ -97,14 +102,24 @@ class TeacherCache:
 
     def _open(self) -> tuple[Any, Any]:
         if self._arrays is None:
-            import zarr
 
             group = zarr.open_group(str(self.path), mode="r")
-            self._arrays = (group["student"], group["teacher"])
+            self._arrays = (group["student"] if self.images else None, group["teacher"])
         return self._arrays
 
     def student(self, row: int) -> np.ndarray:
-        return np.asarray(self._open()[0][row])
+        images = self._open()[0]
+        if images is None:
+            raise CacheMismatchError(f"{self.path}: built without the 5x images (images=False)")
+        return np.asarray(images[row])
+
+    def rows(self, rows: np.ndarray, variant: int = 0) -> np.ndarray:
+        """(len(rows), n*n, D) float32 targets of one variant, read in one go (rows sorted)."""
+        array = self._open()[1]
+        if isinstance(array, np.ndarray):
+            return np.asarray(array[np.asarray(rows), variant], np.float32)
+        selection = array.get_orthogonal_selection((np.asarray(rows), variant, slice(None), slice(None)))
+        return np.asarray(selection, np.float32)
 
     def targets(self, row: int, variants: Sequence[int] | None = None) -> np.ndarray:
         """(len(variants), n*n, D) float32 targets of pair ``row`` (all variants by default)."""
@@ -148,6 +163,7 @@ def build_teacher_cache(
     teacher: Any,
     *,
     flips: bool = True,
+    images: bool = True,
     batch_size: int = 8,
     num_workers: int = 0,
     teacher_chunk: int = 256,
@@ -160,9 +176,9 @@ def build_teacher_cache(
     cache by their ``rows``.
 
     Written into a temporary sibling folder and renamed into place, so ``path`` is either
-    absent or complete. An existing ``path`` is an error: delete it to rebuild.
+    absent or complete. An existing ``path`` is an error: delete it to rebuild. ``images=False``
+    stores the teacher targets only.
     """
-    import zarr
 
     path = Path(path)
     if path.exists():
@@ -186,7 +202,7 @@ def build_teacher_cache(
             student_array = group.create_array(
                 "student", shape=(n, size, size, 3), dtype="uint8",
                 chunks=(1, size, size, 3), shards=(shard, size, size, 3),
-            )
+            ) if images else None
             teacher_array = group.create_array(
                 "teacher", shape=(n, len(variants), crops, dim), dtype="float16",
                 chunks=(1, len(variants), crops, dim), shards=(shard, len(variants), crops, dim),
@@ -202,7 +218,8 @@ def build_teacher_cache(
                 # Write whole shards only: a partial shard is rewritten on every write into it.
                 ready = len(pending_s) if written + len(pending_s) == n else len(pending_s) // shard * shard
                 if ready:
-                    student_array[written : written + ready] = pending_s[:ready]
+                    if student_array is not None:
+                        student_array[written : written + ready] = pending_s[:ready]
                     teacher_array[written : written + ready] = pending_t[:ready]
                     pending_s, pending_t = pending_s[ready:], pending_t[ready:]
                     written += ready

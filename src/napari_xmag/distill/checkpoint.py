@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from .._atomic import OutputKind, atomic_path
+from ..models.files import torch_load_safely
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -45,7 +47,6 @@ class CheckpointError(ValueError):
 def is_checkpoint(path: Path) -> bool:
     """True for a checkpoint :func:`save_checkpoint` wrote: a torch zip whose pickle (the
     structure, small; the tensors are separate entries) names our format. Never raises."""
-    import zipfile
 
     try:
         if not path.is_file() or not zipfile.is_zipfile(path):
@@ -108,7 +109,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The state a checkpoint holds, read with ``weights_only=True``: a checkpoint carrying code is
     refused in one line (:class:`CheckpointError`), never unpickled."""
-    from ..models.weights import torch_load_safely
 
     path = Path(path)
     if not path.is_file():

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from .._paths import MAX_LIST_BYTES, file_problem
+from ..models.factory import check_overrides
+from ..models.precision import check_precision
 from .pairs import FIVE_X_SOURCES, PairSettings, SlideEntry, read_slide_list
 
-__all__ = ["CONFIG_FORMAT", "PRECISIONS", "RUNTIME_FIELDS", "TrainConfig"]
+__all__ = ["CONFIG_FORMAT", "RUNTIME_FIELDS", "TrainConfig"]
 
 #: The ``format`` of the ``config.json`` a run writes (``--config`` takes it back as it is).
 CONFIG_FORMAT = "napari-xmag-distill-config"
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: Fields that may change when a run is resumed: they do not change what is computed.
 RUNTIME_FIELDS = frozenset({
     "num_workers", "progress", "checkpoint_every", "log_every", "device", "teacher_chunk",
@@ -121,12 +122,9 @@ class TrainConfig:
             raise ValueError(f"clip_grad must be positive or None, got {self.clip_grad}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout is a fraction in [0, 1), got {self.holdout}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        check_precision(self.precision, "training")
         if self.five_x_source not in FIVE_X_SOURCES:
             raise ValueError(f"five_x_source must be one of {FIVE_X_SOURCES}, not {self.five_x_source!r}")
-        from ..models.factory import check_overrides
-
         check_overrides(self.teacher_overrides, "teacher_overrides")  # before any slide is read
         check_overrides(self.student_overrides, "student_overrides")
         if self.cache is not None and self.jitter:

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
 from .._atomic import OutputKind, atomic_path
 
 __all__ = ["LOG_COLUMNS", "RunLog", "read_log"]
@@ -64,12 +67,10 @@ class RunLog:
         self._rows = csv.DictWriter(self._csv, fieldnames=LOG_COLUMNS)
         if new:
             self._rows.writeheader()
-        from torch.utils.tensorboard import SummaryWriter
 
         # purge_step drops events written after the checkpoint (or before any) by a killed run.
         self._writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
         if progress:
-            from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc="distilling", unit="step")
 

@@ -1,4 +1,5 @@
-"""The frozen teacher: its identity, and its CLS vectors for batches of crops.
+"""The frozen teacher: its CLS vectors for batches of crops (its identity is
+:func:`napari_xmag.provenance.model_identity`).
 
 The teacher has no head and never trains: it runs in eval mode under
 ``torch.inference_mode``, in chunks so that a batch of 32 pairs x 2 views x 16 crops does
@@ -12,21 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["autocast", "embed_crops", "freeze", "model_identity"]
-
-
-def model_identity(model: Any) -> dict[str, Any]:
-    """What makes two models the same model: name, architecture options and exact weights."""
-    weights = model.weights
-    return {
-        "model": model.spec.name,
-        "tiny": bool(model.tiny),
-        "overrides": dict(model.overrides),
-        "embed_dim": int(model.embed_dim),
-        "weights_source": weights.source,
-        "weights_sha256": weights.sha256 or "",
-        "weights_random": bool(weights.random),
-    }
+__all__ = ["autocast", "embed_crops", "freeze"]
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

@@ -30,12 +30,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .._atomic import ANY_FILE, OutputKind, atomic_path, check_target, read_small_json, write_json
 from ..models import create_model, head_dims, resolve_device, save_model
-from ..models.factory import MODEL_FOLDER_KIND
+from ..models.folder import MODEL_FOLDER_KIND
+from ..models.precision import training_autocast
+from ..provenance import model_identity
 from .cache import TeacherCache, build_teacher_cache
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -60,11 +63,11 @@ from .optim import ModelEma, param_groups, warmup_cosine
 from .order import ResumableSampler
 from .pairs import PairDataset, PairIndex
 from .runlog import LOG_KIND, TENSORBOARD_KIND, RunLog
-from .teacher import autocast, embed_crops, freeze, model_identity
+from .teacher import autocast, embed_crops, freeze
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_NAME", "NoPairsError", "TrainError", "TrainResult", "resolve_precision", "train"]
+__all__ = ["EXPORT_NAME", "NoPairsError", "TrainError", "TrainResult", "train"]
 
 EXPORT_NAME = "student"
 # Training pairs whose teacher targets give the baseline's training mean, and held-out pairs
@@ -141,7 +144,6 @@ def _setup_distributed(device: str) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist(0, 1, resolve_device(device))
-    import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device in ("auto", "cuda") and torch.cuda.is_available():
@@ -153,21 +155,6 @@ def _setup_distributed(device: str) -> _Dist:
     if owns:
         dist.init_process_group(backend)
     return _Dist(dist.get_rank(), dist.get_world_size(), dev, owns)
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """``(autocast dtype or None, use a GradScaler)``: auto is bf16 (else fp16) on CUDA, fp32 elsewhere."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None, False
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
-        return None, False
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ValueError("fp16 mixed precision needs a CUDA device; use bf16 or fp32 on the CPU")
-        return torch.float16, True
-    return torch.bfloat16, False
 
 
 # ---- pieces of a step ---------------------------------------------------------------------------
@@ -223,7 +210,7 @@ class _Run:
             _check_fresh_outputs(config, resume, overwrite)
         self.overwrite = overwrite
         self.device = dist.device
-        self.amp, use_scaler = resolve_precision(config.precision, self.device)
+        self.amp, use_scaler = training_autocast(config.precision, self.device)
 
         index = PairIndex.build(config.slide_entries(), config.pair_settings())
         if config.holdout > 0:

@@ -20,8 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
+from .._atomic import OutputKind
 from .._memory import format_size, too_big
 from .._paths import file_problem
 
@@ -36,7 +38,6 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 @contextmanager
 def open_h5(path: str | os.PathLike[str], error: type[Exception], what: str = "file") -> Iterator[Any]:
     """``h5py.File(path, "r")`` for a regular file that is HDF5; ``error`` naming it otherwise."""
-    import h5py
 
     path = Path(path)
     problem = file_problem(path)
@@ -73,7 +74,6 @@ def dataset_problem(dset: Any, factor: float = 1.0) -> str | None:
 
 def dataset(group: Any, key: str, path: Path, error: type[Exception], factor: float = 1.0) -> Any:
     """``group[key]`` as a dataset that is safe to read; ``error`` naming the file otherwise."""
-    import h5py
 
     if key not in group:
         raise error(f"{path}: no '{key}' dataset")
@@ -100,13 +100,11 @@ def _first_line(err: BaseException) -> str:
 def format_kind(name: str, fmt: str) -> Any:
     """The :class:`~napari_xmag._atomic.OutputKind` of an ``.h5`` whose root ``format``
     attribute is ``fmt``."""
-    from .._atomic import OutputKind
 
     def is_ours(path: Path) -> bool:
         try:
             if file_problem(path) is not None:
                 return False
-            import h5py
 
             with h5py.File(path, "r") as f:
                 value = f.attrs.get("format")

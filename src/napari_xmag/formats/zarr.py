@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from .._memory import format_size, too_big
 
@@ -49,7 +50,6 @@ def store_problem(path: str | os.PathLike[str]) -> str | None:
 
 def open_group(path: str | os.PathLike[str], error: type[Exception], what: str = "zarr store") -> Any:
     """The root group of a store that passed :func:`store_problem`, read-only."""
-    import zarr
 
     path = Path(path)
     problem = store_problem(path)
@@ -68,7 +68,6 @@ def array(group: Any, key: str, path: Path, error: type[Exception], factor: floa
     ``min_written``: the fraction of its chunks that must be on disk (a map may leave empty
     chunks unwritten; feature arrays never do).
     """
-    import zarr
 
     if key not in group:
         raise error(f"{path}: no '{key}' array")

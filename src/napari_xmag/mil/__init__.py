@@ -12,7 +12,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .attention import ATTENTION_FORMAT, AttentionMap, attention_path, read_attention, write_attention
+from ..formats.attention import (
+    ATTENTION_FORMAT,
+    AttentionMap,
+    attention_path,
+    read_attention,
+    write_attention,
+)
 from .data import LabelTable, MILError, load_bags, read_labels, slide_stem, stratified_folds
 from .evaluate import METHODS, MILResult, cross_validate_abmil, probe_table, run_eval
 from .metrics import METRICS, classification_metrics, summarise

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._atomic import OutputKind, atomic_path
@@ -191,7 +193,6 @@ ABMIL_FORMAT = "napari-xmag-abmil"
 
 def _is_abmil_file(path: Path) -> bool:
     try:
-        from safetensors import safe_open
 
         if not path.is_file():
             return False
@@ -209,7 +210,6 @@ def save_abmil(
     model: ABMIL, path: str | os.PathLike[str], classes: Sequence[str] | None = None, *, overwrite: bool = False
 ) -> Path:
     """Write the head as safetensors, its config (and class names) in the file's metadata."""
-    from safetensors.torch import save_file
 
     path = Path(path)
     metadata = {"format": ABMIL_FORMAT, "config": json.dumps(model.config),
@@ -222,8 +222,6 @@ def save_abmil(
 
 def load_abmil(path: str | os.PathLike[str], device: str = "cpu") -> tuple[ABMIL, list[str]]:
     """A head written by :func:`save_abmil`, in eval mode, and its class names."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
         metadata: dict[str, Any] = f.metadata() or {}

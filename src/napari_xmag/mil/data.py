@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .._atomic import write_json
 from .._paths import MAX_LIST_BYTES, file_problem
@@ -201,7 +202,6 @@ def stratified_folds(
     patches of one slide are all in the same fold. Too few samples for ``folds`` is a
     :class:`MILError` rather than scikit-learn's warning and folds without a class.
     """
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y = np.asarray(y)
     if folds < 2:

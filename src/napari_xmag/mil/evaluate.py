@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__
 from .._atomic import check_target, json_kind
 from ..features import FeatureSet
-from .attention import ATTENTION_KIND, AttentionMap, attention_attrs, attention_path, write_attention
+from ..formats.attention import ATTENTION_KIND, AttentionMap, attention_attrs, attention_path, write_attention
 from .data import LabelTable, MILError, load_bags, read_labels, stratified_folds, write_json
 from .metrics import classification_metrics, format_summary, summarise
 from .probe import linear_probe

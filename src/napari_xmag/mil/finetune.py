@@ -35,9 +35,14 @@ import torch.nn.functional as F
 from .. import __version__
 from .._atomic import check_target, json_kind
 from ..distill.losses import distillation_loss
-from ..slide import SlideError
-from .abmil import ABMIL, class_weights, predict_bag, save_abmil, seeded
-from .attention import AttentionMap, attention_attrs, attention_path, write_attention
+from ..distill.pairs import PairSettings
+from ..embed import coords_attributes, embed_patches, iter_patch_batches
+from ..formats.attention import ATTENTION_KIND, AttentionMap, attention_attrs, attention_path, write_attention
+from ..models import create_model, resolve_device, save_model
+from ..models.folder import MODEL_FOLDER_KIND
+from ..slide import Slide
+from ..tiling import require_patches, slide_pairs
+from .abmil import ABMIL, ABMIL_KIND, class_weights, predict_bag, save_abmil, seeded
 from .data import LabelTable, MILError, read_labels, slide_stem, stratified_folds, write_json
 from .metrics import classification_metrics, format_summary, summarise
 from .student import (
@@ -49,7 +54,7 @@ from .student import (
     tokens_per_patch,
     train_mode,
 )
-from .targets import cache_teacher_targets, read_targets
+from .targets import cache_teacher_targets, read_targets, slide_index
 
 __all__ = ["FinetuneSettings", "SlideBag", "finetune_cv", "prepare_bags", "resolve_slides", "run_finetune"]
 
@@ -99,7 +104,8 @@ class SlideBag:
     coords_attrs: dict[str, Any]
     crops: np.ndarray | None = None  # (N, n*n, 2) teacher crop origins
     crop_size: int = 224
-    targets: Path | None = None  # the teacher CLS cache file
+    targets: Path | None = None  # the teacher CLS cache (a TeacherCache store)
+    pairs: Any = None  # the slide's PairGeometry
 
 
 # ---- slides and patches ------------------------------------------------
@@ -127,31 +133,25 @@ def resolve_slides(table: LabelTable, slides_dir: str | os.PathLike[str] | None)
 def prepare_bags(
     table: LabelTable, paths: Sequence[Path], settings: FinetuneSettings, crop_size: int = 224
 ) -> list[SlideBag]:
-    """Tissue patch grid of each slide at the student's mpp, and its teacher crops."""
-    from ..embed import coords_attributes
-    from ..slide import Slide
-    from ..tiling import pair_geometry, patch_grid
-
+    """Tissue patch grid of each slide at the student's mpp, and its teacher crops
+    (:func:`napari_xmag.tiling.slide_pairs`, the one 5x grid + 20x pairing)."""
     bags = []
     for stem, path in zip(table.stems, paths, strict=True):
         with Slide(path, mpp=settings.mpp_override) as slide:
-            grid = patch_grid(slide, mpp=settings.mpp, patch_size=settings.patch_size,
-                              min_tissue=settings.tissue_threshold)
-            if len(grid) == 0:
-                raise SlideError(f"{path}: no {settings.patch_size} px patch at {settings.mpp} µm/px holds"
-                                 f" {settings.tissue_threshold:.0%} tissue")
-            crops = None
-            if settings.distill_weight > 0:
-                crops = pair_geometry(grid, slide, settings.teacher_mpp, crop_size).crop_coords(grid.coords)
-            attrs = coords_attributes(slide, grid)
-            bags.append(SlideBag(stem, Path(path), grid.coords, attrs, crops, crop_size))
+            paired = slide_pairs(slide, settings.mpp, settings.teacher_mpp, settings.patch_size, crop_size,
+                                 min_tissue=settings.tissue_threshold)
+            require_patches(paired.grid, slide, paired.mask)
+            crops = paired.crop_coords() if settings.distill_weight > 0 else None
+            attrs = coords_attributes(slide, paired.grid)
+            bag = SlideBag(stem, Path(path), paired.coords, attrs, crops, crop_size)
+            bag.pairs = paired.pairs
+            bags.append(bag)
     return bags
 
 
 def _read_patches(
     path: Path, coords: np.ndarray, mpp: float, size: int, settings: FinetuneSettings
 ) -> np.ndarray:
-    from ..embed import iter_patch_batches
 
     batches = iter_patch_batches(path, coords, mpp, size, max(1, len(coords)), settings.workers,
                                  settings.mpp_override)
@@ -182,7 +182,6 @@ def finetune_cv(
     Writes ``OUT/fold<k>/student/`` (``save_model``: loadable with ``create_model``),
     ``OUT/fold<k>/abmil.safetensors``, ``OUT/attention/<slide>.h5`` and ``OUT/report.json``.
     """
-    from ..models import resolve_device, save_model
 
     settings = settings or FinetuneSettings()
     say = log or (lambda _: None)
@@ -197,12 +196,17 @@ def finetune_cv(
             raise MILError("a distillation weight > 0 needs a teacher (or --lambda 0)")
         if student.heads is None:
             raise MILError(f"{student.name}: the student has no distillation heads")
-        if student.heads["global"].out_dim != teacher.width:
+        if student.heads["global"].out_dim != teacher.embed_dim:
             raise MILError(f"the student's heads predict {student.heads['global'].out_dim}-d targets,"
-                           f" the teacher {teacher.name} gives {teacher.width}-d")
+                           f" the teacher {teacher.name} gives {teacher.embed_dim}-d")
         cache = Path(teacher_cache) if teacher_cache else out_dir / "teacher_cache"
+        pair_settings = PairSettings(student_mpp=settings.mpp, teacher_mpp=settings.teacher_mpp,
+                                     patch_size=settings.patch_size, crop_size=bags[0].crop_size if bags else 224,
+                                     min_tissue=settings.tissue_threshold)
         for bag in bags:
-            bag.targets = cache_teacher_targets(bag, teacher, cache, settings)
+            index = slide_index(bag.path, bag.coords, bag.pairs, pair_settings, settings.mpp_override)
+            bag.targets = cache_teacher_targets(index, bag.stem, teacher, cache,
+                                                batch_size=max(1, settings.batch_size // 16))
         say(f"teacher targets: {len(bags)} slides in {cache}")
     device = resolve_device(settings.device)
     start = time.perf_counter()
@@ -254,9 +258,6 @@ def finetune_cv(
 def _check_outputs(out_dir: Path, stems: Sequence[str], folds: int, overwrite: bool) -> None:
     """Before any work: a finished run of ours is replaced only with ``overwrite``, and files of
     the outputs' names that are not ours are refused (unless ``overwrite``)."""
-    from ..models.factory import MODEL_FOLDER_KIND
-    from .abmil import ABMIL_KIND
-    from .attention import ATTENTION_KIND
 
     targets = [(out_dir / "report.json", FINETUNE_REPORT_KIND)]
     for k in range(folds):
@@ -307,7 +308,6 @@ def _initial_features(
     bags: Sequence[SlideBag], student: Any, settings: FinetuneSettings, seed: int
 ) -> list[np.ndarray]:
     """The untrained student's embeddings of up to ``max_patches`` random patches per slide."""
-    from ..embed import embed_patches, iter_patch_batches
 
     rng = np.random.default_rng(seed)
     out = []
@@ -328,7 +328,6 @@ def _predict_held_out(
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Embed every patch of each held-out slide with the fold's student; fill ``prob`` and
     return each slide's (attention weights, logits)."""
-    from ..embed import embed_patches, iter_patch_batches
 
     attention = {}
     for i in test:
@@ -402,7 +401,6 @@ def run_finetune(
 
     ``tiny`` builds the registry's small test configurations (with random weights).
     """
-    from ..models import create_model
 
     settings = settings or FinetuneSettings()
     table = read_labels(csv)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 __all__ = ["METRICS", "classification_metrics", "format_summary", "summarise"]
 
@@ -18,7 +20,6 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, fl
     classes present in ``y_true`` (sklearn refuses a fold that lacks a class; we average
     over the classes it can score). It is NaN when ``y_true`` holds a single class.
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
     y_true = np.asarray(y_true)
     prob = np.asarray(prob, np.float64)
@@ -42,7 +43,6 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, fl
 
 
 def _quiet(fn, *args):  # type: ignore[no-untyped-def]
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

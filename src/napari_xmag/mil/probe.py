@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..maps import fit_linear_probe
 from .data import MILError, stratified_folds
 from .metrics import classification_metrics, summarise
 
@@ -51,14 +52,11 @@ def linear_probe(
 
     ``labels`` are indices into ``classes`` when that is given, else any values, encoded
     in sorted order. With ``groups`` (e.g. the slide of each patch) the folds keep groups whole, so a
-    probe cannot score by recognising a slide. Features are standardised with the training
-    fold's mean and std; classes are weighted inversely to their frequency, since
-    pathology labels are rarely balanced (balanced accuracy is reported beside accuracy).
+    probe cannot score by recognising a slide. Each fold's probe is
+    :func:`napari_xmag.maps.fit_linear_probe`: features standardised with the training fold's
+    mean and std, classes weighted inversely to their frequency, since pathology labels are
+    rarely balanced (balanced accuracy is reported beside accuracy).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     x = np.asarray(features, np.float32)
     if x.ndim != 2 or len(x) != len(labels):
         raise MILError(f"features must be (N, D) with one label per row; got {x.shape} and {len(labels)}")
@@ -74,14 +72,10 @@ def linear_probe(
     prob = np.zeros((len(y), n_classes))
     per_fold = []
     for train, test in splits:
-        clf = make_pipeline(
-            StandardScaler(),
-            LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced"),
-        )
-        clf.fit(x[train], y[train])
+        probe = fit_linear_probe(x[train], y[train], c=C, max_iter=max_iter)
         fold_prob = np.zeros((len(test), n_classes))
         # a class absent from a training fold (possible with groups) gets probability 0
-        fold_prob[:, clf.classes_] = clf.predict_proba(x[test])
+        fold_prob[:, [int(k) for k in probe.classes_]] = probe.predict_proba(x[test])
         prob[test] = fold_prob
         per_fold.append(classification_metrics(y[test], fold_prob))
     return ProbeResult(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import gc
 import resource
 import sys
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .data import MILError
 
@@ -56,7 +59,6 @@ def checkpointed(student: Any, blocks: int, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from torch.utils.checkpoint import checkpoint
 
     wrapped = student.backbone.blocks[len(student.backbone.blocks) - blocks :]
     for block in wrapped:
@@ -147,8 +149,6 @@ def _reset_peak_rss() -> int:
     Freed memory that the allocator still holds would be reused by the step unseen, so it is
     handed back to the system first (glibc ``malloc_trim``).
     """
-    import ctypes
-    import gc
 
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):

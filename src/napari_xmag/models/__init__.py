@@ -1,64 +1,74 @@
-"""The model zoo: registry, factory, weight sources and the one model API.
+"""The model zoo, split the timm way: one job per module, one model API for every model.
+
+* ``registry`` (:class:`ModelSpec`, look-ups) and ``zoo`` (the entries): data only;
+* ``heads``, ``model`` (:class:`XmagModel`: preprocess, forward_features, embed);
+* ``files`` (reading weight files safely), ``hub`` (the Hugging Face Hub), ``convert``
+  (checkpoint keys onto timm), ``weights`` (a ``weights=`` argument to a file);
+* ``precision`` (devices, the precision vocabulary, CPU conversions), ``folder`` (model
+  folders), ``factory`` (:func:`create_model`).
 
 >>> from napari_xmag.models import create_model, list_models
 >>> model = create_model("xmag", weights="random", tiny=True)   # doctest: +SKIP
 >>> pooled, grid = model.embed(model.preprocess(batch_uint8), tokens=True)  # doctest: +SKIP
 
-No napari or Qt here; torch and timm are imported with this package.
+Names are imported on first use: ``napari_xmag.models.registry`` (and the zoo) work without
+importing torch; everything that builds or runs a model imports it.
 """
 
-from . import zoo as _zoo  # noqa: F401  (registers the entries)
-from .factory import (
-    CONFIG_FORMAT,
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    build_backbone,
-    count_parameters,
-    create_model,
-    format_param_count,
-    head_dims,
-    read_model_config,
-    resolve_device,
-    save_model,
-)
-from .heads import HEAD_NAMES, DistillationHead, build_heads
-from .model import XmagModel
-from .registry import ModelSpec, UnknownModelError, find_spec_by_hf_id, get_spec, list_models, register_model
-from .weights import (
-    WeightsError,
-    WeightsInfo,
-    convert_checkpoint,
-    dinov2_interpolate_pos_embed,
-    load_checkpoint,
-    sha256_file,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "CONFIG_FORMAT",
-    "CONFIG_NAME",
-    "HEAD_NAMES",
-    "WEIGHTS_NAME",
-    "DistillationHead",
-    "ModelSpec",
-    "UnknownModelError",
-    "WeightsError",
-    "WeightsInfo",
-    "XmagModel",
-    "build_backbone",
-    "build_heads",
-    "convert_checkpoint",
-    "count_parameters",
-    "create_model",
-    "dinov2_interpolate_pos_embed",
-    "find_spec_by_hf_id",
-    "format_param_count",
-    "get_spec",
-    "head_dims",
-    "list_models",
-    "load_checkpoint",
-    "read_model_config",
-    "register_model",
-    "resolve_device",
-    "save_model",
-    "sha256_file",
-]
+from . import zoo as _zoo  # noqa: F401  (registers the entries: data only, no torch)
+
+_LAZY = {
+    "ARCH_OVERRIDE_KEYS": "factory",
+    "build_backbone": "factory",
+    "check_overrides": "factory",
+    "count_parameters": "factory",
+    "create_model": "factory",
+    "format_param_count": "factory",
+    "head_dims": "factory",
+    "CONFIG_FORMAT": "folder",
+    "CONFIG_NAME": "folder",
+    "MODEL_FOLDER_KIND": "folder",
+    "WEIGHTS_NAME": "folder",
+    "read_model_config": "folder",
+    "save_model": "folder",
+    "HEAD_NAMES": "heads",
+    "DistillationHead": "heads",
+    "build_heads": "heads",
+    "XmagModel": "model",
+    "ModelSpec": "registry",
+    "UnknownModelError": "registry",
+    "find_spec_by_hf_id": "registry",
+    "get_spec": "registry",
+    "list_models": "registry",
+    "register_model": "registry",
+    "WEIGHT_SUFFIXES": "files",
+    "WeightsError": "files",
+    "load_checkpoint": "files",
+    "sha256_file": "files",
+    "WeightsInfo": "weights",
+    "resolve_weights": "weights",
+    "convert_checkpoint": "convert",
+    "dinov2_interpolate_pos_embed": "convert",
+    "PRECISIONS": "precision",
+    "check_precision": "precision",
+    "inference_model": "factory",
+    "prepare_model": "precision",
+    "resolve_device": "precision",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # looked up once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

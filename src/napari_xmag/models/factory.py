@@ -1,20 +1,13 @@
-"""Building models: :func:`create_model`, :func:`save_model`, :func:`resolve_device`.
+"""Building models: :func:`create_model` and :func:`build_backbone`.
 
-``create_model`` accepts a registry name, a local path (a file, or a directory written by
-:func:`save_model`), or ``hf-hub:ORG/NAME``; and weights from ``"auto"``, ``"random"``, a
-path or ``hf-hub:ORG/NAME``. A model folder is ``model.safetensors`` (the backbone in timm
-key names, heads under ``heads.global.*`` / ``heads.local.*``) and ``config.json``::
-
-    {"format": "napari-xmag-model", "format_version": 1, "model": "xmag", "heads": true,
-     "tiny": false, "overrides": {}, "architecture": "vit_base_patch14_dinov2", ...}
-
-Only ``model`` is required; ``heads``, ``tiny`` and ``overrides`` (extra timm arguments,
-JSON values) rebuild the exact architecture.
+``create_model`` accepts a registry name, a local path (a file, or a model folder written by
+:func:`~napari_xmag.models.folder.save_model`), or ``hf-hub:ORG/NAME``; and weights from
+``"auto"``, ``"random"``, a path or ``hf-hub:ORG/NAME``.
 """
 
 from __future__ import annotations
 
-import errno
+import gc
 import importlib
 import json
 import math
@@ -23,44 +16,34 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from .._atomic import OutputExistsError, OutputKind, atomic_path, read_small_json
-from . import zoo as _zoo  # noqa: F401  (registers the entries)
+from .convert import convert_checkpoint
+from .files import WeightsError, find_weights_file, load_checkpoint, sha256_file
+from .folder import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from .heads import build_heads
+from .hub import HUB_PREFIX, download_from_hub
 from .model import XmagModel
+from .precision import prepare_model, resolve_device
 from .registry import ModelSpec, UnknownModelError, find_spec_by_hf_id, get_spec, list_models
-from .weights import (
-    HUB_PREFIX,
-    WeightsError,
-    WeightsInfo,
-    convert_checkpoint,
-    download_from_hub,
-    find_weights_file,
-    load_checkpoint,
-    resolve_weights,
-    sha256_file,
-)
+from .weights import WeightsInfo, resolve_weights
 
 __all__ = [
-    "CONFIG_FORMAT",
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
+    "ARCH_OVERRIDE_KEYS",
+    "MODELS_ENV",
+    "RANDOM_SEED",
     "build_backbone",
+    "check_overrides",
     "count_parameters",
     "create_model",
     "format_param_count",
     "head_dims",
-    "read_model_config",
-    "resolve_device",
-    "save_model",
+    "inference_model",
+    "tiny_random_models",
 ]
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_FORMAT = "napari-xmag-model"
-CONFIG_VERSION = 1
 
 #: Layer names usable in ``arch_kwargs`` (data-only specs) -> the classes passed to timm.
 _LAYERS: Mapping[str, tuple[str, str]] = {
@@ -84,33 +67,8 @@ ARCH_OVERRIDE_KEYS = frozenset({
 
 
 RANDOM_SEED = 0  # random weights are a fixed draw: the same model in every run
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA if available, else MPS, else CPU; or the named device, checked to exist."""
-    if isinstance(name, torch.device):
-        device = name
-    elif name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    else:
-        try:
-            device = torch.device(name)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(
-                f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-            ) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
-    if device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError(f"device {name!r} asked for, but MPS is not available here; use 'cpu' or 'auto'")
-    return device
-
+#: ``XMAG_MODELS=tiny-random``: tiny random models for every registered name (create_model).
+MODELS_ENV = "XMAG_MODELS"
 
 def _layer(value: Any) -> Any:
     if not isinstance(value, str):
@@ -153,7 +111,6 @@ def build_backbone(
     device: str | torch.device | None = None,
 ) -> nn.Module:
     """The timm backbone of ``spec``, randomly initialised (``device="meta"``: no memory)."""
-    import timm
 
     kwargs: dict[str, Any] = dict(spec.arch_kwargs)
     if tiny:
@@ -194,84 +151,6 @@ def head_dims(spec: ModelSpec, *, tiny: bool = False, width: int | None = None) 
 
 
 # ----------------------------------------------------------------------------------------
-# Model folders
-
-
-def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``config.json`` of a model folder written by :func:`save_model`, or ``None`` if
-    the folder has none or it is not ours (no registered ``"model"``)."""
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        return None
-    config = read_small_json(path, limit=16 << 20)
-    if config is None:
-        raise WeightsError(f"cannot read {path}: not a JSON file (or larger than 16 MiB)")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
-        return None
-    try:
-        get_spec(config["model"])
-    except UnknownModelError:
-        if config.get("format") == CONFIG_FORMAT:
-            raise WeightsError(f"{path} names model {config['model']!r}, which is not registered") from None
-        return None
-    return config
-
-
-def save_model(model: XmagModel, folder: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Write ``model`` to ``folder`` as ``model.safetensors`` + ``config.json``, atomically.
-
-    Files go to a temporary sibling folder that is renamed into place, so ``folder`` is
-    either absent, the old one or the complete new one. ``create_model(folder)`` loads it.
-    """
-    from safetensors.torch import save_file
-
-    from .. import __version__
-
-    folder = Path(folder)
-    if MODEL_FOLDER_KIND.is_ours(folder) and not overwrite:
-        raise OutputExistsError(errno.EEXIST, f"{folder}: holds a saved model; pass overwrite=True to replace it")
-    with atomic_path(folder, MODEL_FOLDER_KIND, overwrite=overwrite) as tmp:  # replaced whole, never half
-        tmp.mkdir()
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
-        if model.heads is not None:
-            tensors.update(
-                {f"heads.{k}": v.detach().cpu().contiguous() for k, v in model.heads.state_dict().items()}
-            )
-        save_file(
-            tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "napari_xmag_model": model.spec.name}
-        )
-        config = {
-            "format": CONFIG_FORMAT,
-            "format_version": CONFIG_VERSION,
-            "model": model.spec.name,
-            "architecture": model.spec.architecture,
-            "heads": model.heads is not None,
-            "tiny": model.tiny,
-            "overrides": model.overrides,
-            "embed_dim": model.embed_dim,
-            "width": model.width,
-            "grid": list(model.grid),
-            "native_mpp": model.spec.native_mpp,
-            "licence": model.spec.licence,
-            "weights_file": WEIGHTS_NAME,
-            "sha256": sha256_file(tmp / WEIGHTS_NAME),
-            "derived_from": model.weights.to_dict(),
-            "napari_xmag_version": __version__,
-        }
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return folder
-
-
-def _is_model_folder(path: Path) -> bool:
-    config = read_small_json(path / CONFIG_NAME, limit=16 << 20) if path.is_dir() else None
-    return isinstance(config, dict) and config.get("format") == CONFIG_FORMAT
-
-
-#: What ``save_model`` may replace: a model folder of ours.
-MODEL_FOLDER_KIND = OutputKind("model folder", _is_model_folder)
-
-
-# ----------------------------------------------------------------------------------------
 # create_model
 
 
@@ -305,7 +184,6 @@ def _safetensors_model_name(path: Path) -> str | None:
     if path.suffix.lower() != ".safetensors":
         return None
     try:
-        from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as fh:
             return (fh.metadata() or {}).get("napari_xmag_model")
@@ -356,8 +234,16 @@ def create_model(
     ``heads``: ``None`` loads distillation heads when the checkpoint has them; ``True``
     always gives a distilled student heads (fresh ones if the checkpoint has none);
     ``False`` never. ``tiny`` builds the spec's small test configuration.
+
+    With ``XMAG_MODELS=tiny-random`` in the environment (:data:`MODELS_ENV`), every model not
+    given as a local path is built in its tiny configuration with random weights, recorded as
+    such: the documented way to try any command (the docs' examples, the tests) without weights.
     """
     overrides = check_overrides(overrides)
+    if tiny_random_models() and not _is_local(name_or_path):
+        tiny = True
+        if not _is_local(weights):
+            weights = "random"
     default_weights: Path | None = None
     config: dict[str, Any] = {}
     preloaded: tuple[Path, Any] | None = None
@@ -437,6 +323,17 @@ def create_model(
     return model.to(target_device).eval()
 
 
+def tiny_random_models() -> bool:
+    """Whether ``XMAG_MODELS=tiny-random`` asks for tiny random models (see :func:`create_model`)."""
+    return os.environ.get(MODELS_ENV, "").strip().lower() == "tiny-random"
+
+
+def _is_local(ref: Any) -> bool:
+    if isinstance(ref, str) and (ref in ("auto", "random") or ref.startswith(HUB_PREFIX) or _is_registered(ref)):
+        return False
+    return Path(os.fspath(ref)).expanduser().exists()
+
+
 def _is_registered(name: str) -> bool:
     try:
         get_spec(name)
@@ -460,3 +357,14 @@ def _load_into(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source:
     if left:  # pragma: no cover - a backbone with state outside its state dict
         raise WeightsError(f"{source}: {len(left)} tensors not set by the checkpoint, e.g. {left[:3]}")
     backbone.float()
+
+
+def inference_model(
+    name_or_path: Any, weights: Any = "auto", *, device: str = "auto", precision: str = "fp32", **kwargs: Any
+) -> Any:
+    """``create_model`` then :func:`prepare_model`, keeping only the converted model: the fp32
+    weights are let go at once (-340 MB for an int8 ViT-B). What ``xmag embed`` and every batch
+    worker build."""
+    model, _, _ = prepare_model(create_model(name_or_path, weights=weights, **kwargs), device, precision)
+    gc.collect()  # timm modules hold reference cycles: the dropped fp32 model goes only now
+    return model

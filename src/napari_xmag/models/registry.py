@@ -128,6 +128,11 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
+def _entries() -> dict[str, ModelSpec]:
+    """The registry (the package's ``__init__`` has imported the zoo, which fills it)."""
+    return _REGISTRY
+
+
 def _key(name: str) -> str:
     return name.strip().lower()
 
@@ -144,7 +149,7 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 def get_spec(name: str) -> ModelSpec:
     """The spec registered as ``name`` (case-insensitive)."""
     try:
-        return _REGISTRY[_key(name)]
+        return _entries()[_key(name)]
     except KeyError:
         known = ", ".join(list_models())
         raise UnknownModelError(f"unknown model {name!r}; registered models: {known}") from None
@@ -152,7 +157,7 @@ def get_spec(name: str) -> ModelSpec:
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names in registration order, optionally filtered by a glob ``pattern``."""
-    names = [spec.name for spec in _REGISTRY.values()]
+    names = [spec.name for spec in _entries().values()]
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatch(n.lower(), pattern.lower())]
     return names
@@ -161,7 +166,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 def find_spec_by_hf_id(hf_id: str) -> ModelSpec | None:
     """The registered spec whose hub repository is ``hf_id`` (case-insensitive), if any."""
     wanted = hf_id.strip().lower()
-    for spec in _REGISTRY.values():
+    for spec in _entries().values():
         if spec.hf_id is not None and spec.hf_id.lower() == wanted:
             return spec
     return None

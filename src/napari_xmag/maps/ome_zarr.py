@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from .._atomic import OutputKind, atomic_path, read_small_json
 from .._memory import format_size
-from ..maps import MAP_FORMAT, MapGrid, SlideMap
-from .errors import WriterError
+from ..formats import zarr as zarr_store
+from .grid import MapGrid
+from .slide_map import LABEL_KINDS, MAP_FORMAT, MapFileError, SlideMap, WriterError
 
 __all__ = ["MAP_STORE_KIND", "MAX_MAP_CELLS", "NGFF_VERSION", "is_map_zarr", "read_ome_zarr", "write_ome_zarr"]
 
@@ -200,7 +202,6 @@ def write_ome_zarr(
         raise WriterError(f"one OME-Zarr holds one image map, got {len(images)}: write them separately")
     if not maps:
         raise WriterError("nothing to write: no maps")
-    import zarr
 
     with atomic_path(path, MAP_STORE_KIND, overwrite=overwrite) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
@@ -317,40 +318,35 @@ def _clean_metadata(meta: Any, channels: int | None) -> dict[str, Any]:
 
 
 def _map_from_group(group: Any, path: Path, sub: str) -> SlideMap:
-    import zarr
-
-    from ..features import FeatureFileError
-    from ..maps import LABEL_KINDS
 
     where = f"{path}: map {sub!r}" if sub else f"{path}: the root map"
     info = group.attrs.get("xmag")
     if not isinstance(info, dict):
-        raise FeatureFileError(f"{where} has no xmag map metadata")
+        raise MapFileError(f"{where} has no xmag map metadata")
     if "0" not in group or not isinstance(group["0"], zarr.Array):
-        raise FeatureFileError(f"{where} has no level 0 array")
+        raise MapFileError(f"{where} has no level 0 array")
     level0 = group["0"]
     cells = int(np.prod(level0.shape, dtype=np.float64))
     if cells > MAX_MAP_CELLS:
-        raise FeatureFileError(
+        raise MapFileError(
             f"{where}: level 0 declares {tuple(level0.shape)} cells ({format_size(cells * level0.dtype.itemsize)}),"
             f" more than a map of any slide holds ({MAX_MAP_CELLS:,} cells): the store is damaged"
         )
-    from ..formats import zarr as zarr_store
 
-    data = zarr_store.read(group, "0", path, FeatureFileError, factor=4.0)  # RGBA and colour copies
+    data = zarr_store.read(group, "0", path, MapFileError, factor=4.0)  # RGBA and colour copies
     kind = str(info.get("kind") or ("labels" if "image-label" in group.attrs else "heatmap"))
     rgb = bool(info.get("rgb"))
     if data.dtype.kind not in "biuf" or data.size == 0:
-        raise FeatureFileError(f"{where}: level 0 is an empty or non-numeric {data.dtype} {data.shape} array")
+        raise MapFileError(f"{where}: level 0 is an empty or non-numeric {data.dtype} {data.shape} array")
     if kind in LABEL_KINDS:
         if data.ndim != 2 or data.dtype.kind not in "iu":
-            raise FeatureFileError(f"{where}: a label map is 2D integers, not {data.dtype} {data.shape}")
+            raise MapFileError(f"{where}: a label map is 2D integers, not {data.dtype} {data.shape}")
     elif rgb:
         if data.ndim != 3 or data.shape[0] not in (3, 4):
-            raise FeatureFileError(f"{where}: an RGB map is (3, H, W), not {data.shape}")
+            raise MapFileError(f"{where}: an RGB map is (3, H, W), not {data.shape}")
         data = np.moveaxis(data, 0, -1)
     elif data.ndim not in (2, 3):
-        raise FeatureFileError(f"{where}: an image map is (H, W) or (C, H, W), not {data.shape}")
+        raise MapFileError(f"{where}: an image map is (H, W) or (C, H, W), not {data.shape}")
     if data.dtype.kind == "b":
         data = data.astype(np.uint8)
     channels = data.shape[0] if data.ndim == 3 and not rgb else None
@@ -359,7 +355,7 @@ def _map_from_group(group: Any, path: Path, sub: str) -> SlideMap:
         scale = _pair(info.get("scale"), "scale", positive=True)
         translate = _pair(info.get("translate"), "translate")
     except ValueError as err:
-        raise FeatureFileError(f"{where}: {err}") from None
+        raise MapFileError(f"{where}: {err}") from None
     grid = None
     if meta.get("grid"):
         try:
@@ -368,7 +364,7 @@ def _map_from_group(group: Any, path: Path, sub: str) -> SlideMap:
             grid = None
     spatial = tuple(data.shape[:2] if rgb else data.shape[-2:])
     if grid is not None and grid.shape != spatial:
-        raise FeatureFileError(f"{where}: level 0 is {spatial} cells but its grid is {grid.shape}: damaged")
+        raise MapFileError(f"{where}: level 0 is {spatial} cells but its grid is {grid.shape}: damaged")
     mpp = meta.get("slide_mpp")
     valid_mpp = isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and np.isfinite(mpp) and mpp > 0
     if not valid_mpp:
@@ -383,34 +379,30 @@ def _map_from_group(group: Any, path: Path, sub: str) -> SlideMap:
 def read_ome_zarr(path: str | os.PathLike[str]) -> list[SlideMap]:
     """The maps of a store written by :func:`write_ome_zarr`: the image first, then the labels.
 
-    Raises :class:`~napari_xmag.features.FeatureFileError` naming the store when it is not one
+    Raises :class:`MapFileError` naming the store when it is not one
     or is damaged (metadata, chunks, shapes or kinds that do not fit a map).
     """
-    from ..features import FeatureFileError
-
     p = Path(path)
     if not is_map_zarr(p):
-        raise FeatureFileError(f"{p}: not a napari-xmag map store (no xmag map metadata)")
-    import zarr
+        raise MapFileError(f"{p}: not a napari-xmag map store (no xmag map metadata)")
 
-    from ..formats import zarr as zarr_store
 
     try:
-        root = zarr_store.open_group(p, FeatureFileError, "napari-xmag map store")
+        root = zarr_store.open_group(p, MapFileError, "napari-xmag map store")
         contents = root.attrs["xmag"].get("contents")
         if not (isinstance(contents, list) and contents and all(isinstance(c, str) for c in contents)):
-            raise FeatureFileError(f"{p}: its list of maps (xmag contents) is missing or damaged")
+            raise MapFileError(f"{p}: its list of maps (xmag contents) is missing or damaged")
         maps = []
         for sub in contents:
             group = root if sub == "" else root[sub]
             if not isinstance(group, zarr.Group):
-                raise FeatureFileError(f"{p}: map {sub!r} is not a group")
+                raise MapFileError(f"{p}: map {sub!r} is not a group")
             maps.append(_map_from_group(group, p, sub))
-    except FeatureFileError:
+    except MapFileError:
         raise
     except _READ_ERRORS as err:
         cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise FeatureFileError(
+        raise MapFileError(
             f"{p}: not a readable napari-xmag map store ({type(err).__name__}: {cause})"
         ) from None
     return maps

@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+from shapely.errors import ShapelyError
+from shapely.geometry import MultiPolygon, mapping, shape
 
 from .._atomic import OutputKind, atomic_path
 from .._memory import too_big
 from .._paths import file_problem
-from ..maps import MapGrid, SlideMap, label_colors
-from .errors import WriterError
+from .grid import MapGrid
+from .slide_map import MapFileError, SlideMap, WriterError, label_colors
 
 __all__ = [
     "GEOJSON_FORMAT",
@@ -63,7 +66,6 @@ def map_grid(m: SlideMap) -> MapGrid:
 
 def label_polygons(m: SlideMap) -> dict[int, Any]:
     """Each non-zero label's exact (Multi)Polygon in level-0 px (shapely), keyed by label."""
-    import shapely
 
     if m.data.ndim != 2 or not np.issubdtype(m.data.dtype, np.integer):
         raise WriterError(
@@ -96,8 +98,6 @@ def _polygons(geom: Any) -> list[Any]:
 
 def labels_to_geojson(m: SlideMap, split: str = "class") -> dict[str, Any]:
     """The FeatureCollection of a label map (see the module docstring)."""
-    import shapely
-    from shapely.geometry import MultiPolygon, mapping
 
     if split not in SPLITS:
         raise WriterError(f"split must be one of {SPLITS}, not {split!r}")
@@ -225,49 +225,45 @@ def _number(value: Any) -> bool:
 def read_geojson(path: str | os.PathLike[str]) -> Annotations:
     """The polygons of a GeoJSON written by :func:`write_geojson`.
 
-    Raises :class:`~napari_xmag.features.FeatureFileError` naming the file for anything else:
+    Raises :class:`MapFileError` naming the file for anything else:
     not JSON, no ``xmag`` member with a positive slide µm/px, a feature that is not a
     (Multi)Polygon. Optional members that are malformed (a colour, a label) get defaults.
     """
-    from shapely.errors import ShapelyError
-    from shapely.geometry import shape
-
-    from ..features import FeatureFileError
 
     p = Path(path)
     if not is_map_geojson(p):
-        raise FeatureFileError(f"{p}: not a napari-xmag GeoJSON (no xmag member with the slide µm/px)")
+        raise MapFileError(f"{p}: not a napari-xmag GeoJSON (no xmag member with the slide µm/px)")
     try:
         data = _load(p)
         info = dict(data["xmag"])
         info["slide_mpp"] = mpp = _positive(info.get("slide_mpp"))
         if mpp is None:
             mpp = data["xmag"]["slide_mpp"]
-            raise FeatureFileError(f"{p}: the slide µm/px ({mpp!r}) is not a positive number")
+            raise MapFileError(f"{p}: the slide µm/px ({mpp!r}) is not a positive number")
         info["cell_area_level0"] = _positive(info.get("cell_area_level0"))
         if not isinstance(info.get("metadata"), dict):
             info["metadata"] = {}
         features = data.get("features")
         if not isinstance(features, list):
-            raise FeatureFileError(f"{p}: 'features' is not a list of GeoJSON features")
+            raise MapFileError(f"{p}: 'features' is not a list of GeoJSON features")
         geoms, classes, colors, labels = [], [], [], []
         for i, feat in enumerate(features):
             if not isinstance(feat, dict):
-                raise FeatureFileError(f"{p}: feature {i} is not a GeoJSON Feature object")
+                raise MapFileError(f"{p}: feature {i} is not a GeoJSON Feature object")
             props = feat.get("properties") if isinstance(feat.get("properties"), dict) else {}
             cls = props.get("classification") if isinstance(props.get("classification"), dict) else {}
             geom = shape(feat["geometry"])
             if geom.geom_type not in ("Polygon", "MultiPolygon"):
-                raise FeatureFileError(f"{p}: feature {i} is a {geom.geom_type}, not a (Multi)Polygon")
+                raise MapFileError(f"{p}: feature {i} is a {geom.geom_type}, not a (Multi)Polygon")
             geoms.append(geom)
             classes.append(str(cls.get("name") or props.get("name") or ""))
             colors.append(_color(cls.get("color")))
             label = props.get("xmag_label", 0)
             labels.append(int(label) if _number(label) else 0)
-    except FeatureFileError:
+    except MapFileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ShapelyError) as err:
-        raise FeatureFileError(f"{p}: not a readable GeoJSON ({type(err).__name__}: {err})") from None
+        raise MapFileError(f"{p}: not a readable GeoJSON ({type(err).__name__}: {err})") from None
     return Annotations(geoms, classes, colors, labels, info)
 
 

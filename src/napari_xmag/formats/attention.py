@@ -24,19 +24,27 @@ heatmap use :meth:`AttentionMap.percentiles` (CLAM's choice) or the logits.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+from scipy.stats import rankdata
 
+from .. import __version__
 from .._atomic import atomic_path
-from ..formats.h5 import format_kind
+from .._paths import InputFileError
+from .._values import from_attrs, to_attr
+from . import h5
+from .h5 import format_kind
 
 __all__ = [
     "ATTENTION_FORMAT",
+    "ATTENTION_KIND",
+    "AttentionFileError",
     "AttentionMap",
+    "attention_values",
     "attention_attrs",
     "attention_path",
     "read_attention",
@@ -45,6 +53,14 @@ __all__ = [
 
 ATTENTION_FORMAT = "napari-xmag-attention"
 ATTENTION_VERSION = 1
+#: Per-patch values of an attention file a map can show (:func:`attention_values`).
+VALUES = ("percentile", "attention", "logits")
+
+
+class AttentionFileError(InputFileError):
+    """An attention file that is missing, damaged or not ours."""
+
+
 #: What ``write_attention`` may replace: an attention file of ours.
 ATTENTION_KIND = format_kind("attention file", ATTENTION_FORMAT)
 
@@ -61,12 +77,11 @@ class AttentionMap:
         return len(self.coords)
 
     def percentiles(self) -> np.ndarray:
-        """Each patch's attention rank as a fraction in [0, 1] (ties share a rank)."""
-        from scipy.stats import rankdata
-
+        """Each patch's attention rank as a fraction in [0, 1] (ties share a rank): the one
+        ranking of the package, of the attention weights (softmax keeps the logits' order)."""
         if len(self.attention) < 2:
             return np.ones(len(self.attention), np.float32)
-        ranks = rankdata(self.logits, method="average")
+        ranks = rankdata(self.attention, method="average")
         return ((ranks - 1) / (len(ranks) - 1)).astype(np.float32)
 
 
@@ -93,9 +108,6 @@ def attention_path(out_dir: str | os.PathLike[str], stem: str) -> Path:
 
 def write_attention(path: str | os.PathLike[str], data: AttentionMap, *, overwrite: bool = False) -> Path:
     """Write one slide's attention file atomically (temporary sibling, then rename)."""
-    import h5py
-
-    from .. import __version__
 
     path = Path(path)
     n = len(data.coords)
@@ -106,7 +118,7 @@ def write_attention(path: str | os.PathLike[str], data: AttentionMap, *, overwri
         f.create_dataset("attention", data=np.asarray(data.attention, np.float32))
         f.create_dataset("attention_logits", data=np.asarray(data.logits, np.float32))
         for key, value in data.coords_attrs.items():
-            coords.attrs[key] = _plain(value)
+            coords.attrs[key] = to_attr(value)
         attrs = {
             **data.attrs,
             "format": ATTENTION_FORMAT,
@@ -114,54 +126,41 @@ def write_attention(path: str | os.PathLike[str], data: AttentionMap, *, overwri
             "xmag_version": __version__,
         }
         for key, value in attrs.items():
-            f.attrs[key] = _plain(value)
+            f.attrs[key] = to_attr(value)
     return path
 
 
-def read_attention(path: str | os.PathLike[str]) -> AttentionMap:
-    """Read an attention file written by :func:`write_attention`."""
-    from ..features import FeatureFileError
-    from ..formats import h5
-
+def read_attention(path: str | os.PathLike[str], *, ours: bool = True) -> AttentionMap:
+    """Read an attention file written by :func:`write_attention`; ``ours=False`` takes any h5
+    with ``coords`` and ``attention`` (``attention_logits`` optional: the ranks then come from
+    the attention itself, in the same order, as softmax keeps it)."""
     path = Path(path)
-    with h5.open_h5(path, FeatureFileError, "attention file") as f:
-        if f.attrs.get("format") != ATTENTION_FORMAT:
-            raise FeatureFileError(f"{path}: not a napari-xmag attention file")
+    with h5.open_h5(path, AttentionFileError, "attention file") as f:
+        if ours and f.attrs.get("format") != ATTENTION_FORMAT:
+            raise AttentionFileError(f"{path}: not a napari-xmag attention file")
         try:
+            attention = np.asarray(h5.read(f, "attention", path, AttentionFileError), np.float32)
+            logits = (np.asarray(h5.read(f, "attention_logits", path, AttentionFileError), np.float32)
+                      if ours or "attention_logits" in f else attention.copy())
             return AttentionMap(
-                coords=np.asarray(h5.read(f, "coords", path, FeatureFileError), np.int64),
-                attention=np.asarray(h5.read(f, "attention", path, FeatureFileError), np.float32),
-                logits=np.asarray(h5.read(f, "attention_logits", path, FeatureFileError), np.float32),
-                attrs=_read_attrs(f.attrs),
-                coords_attrs=_read_attrs(f["coords"].attrs),
+                coords=np.asarray(h5.read(f, "coords", path, AttentionFileError), np.int64),
+                attention=attention,
+                logits=logits,
+                attrs=from_attrs(f.attrs),
+                coords_attrs=from_attrs(f["coords"].attrs),
             )
         except (OSError, KeyError, ValueError) as err:
-            raise FeatureFileError(f"{path}: not a readable attention file ({err})") from None
+            raise AttentionFileError(f"{path}: not a readable attention file ({err})") from None
 
 
-def _plain(value: Any) -> Any:
-    """h5 attribute values: numbers, strings, lists of them; None as ''."""
-    if value is None:
-        return ""
-    if isinstance(value, np.ndarray):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return np.asarray(value) if value and not isinstance(value[0], str) else [str(v) for v in value]
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def _read_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode()
-        elif isinstance(value, np.ndarray):
-            value = [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
-    return out
+def attention_values(path: str | os.PathLike[str], values: str = "percentile") -> tuple[np.ndarray, np.ndarray]:
+    """(coords, values) of an attention file, for a map: ``"percentile"`` (each patch's rank in
+    [0, 1]; softmax weights shrink with the bag, ranks do not), ``"attention"`` or ``"logits"``."""
+    if values not in VALUES:
+        raise ValueError(f"attention values are {', '.join(VALUES)}, not {values!r}")
+    data = read_attention(path, ours=False)
+    if len(data.coords) != len(data.attention):
+        raise AttentionFileError(f"{path}: {len(data.coords)} coords but {len(data.attention)} attention values")
+    if values == "percentile":
+        return data.coords, data.percentiles().astype(np.float64)
+    return data.coords, np.asarray(data.attention if values == "attention" else data.logits, np.float64)

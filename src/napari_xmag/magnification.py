@@ -28,8 +28,19 @@ from typing import Any
 
 import numpy as np
 
-from napari_xmag.slide import MAGNIFICATION_MPP, MissingMppError, MissingMppWarning, Slide, parse_mpp
-from napari_xmag.tiling import PatchGrid, TissueMask, pair_geometry, patch_grid, tissue_mask
+from .slide import (
+    MAGNIFICATION_MPP,
+    STUDENT_MAGNIFICATION,
+    TEACHER_MAGNIFICATION,
+    MissingMppError,
+    MissingMppWarning,
+    Slide,
+    level0_to_um,
+    magnification_name,
+    parse_mpp,
+    um_to_level0,
+)
+from .tiling import PatchGrid, TissueMask, pair_geometry, patch_at, patch_grid, tissue_mask
 
 __all__ = [
     "MAGNIFICATIONS",
@@ -52,8 +63,8 @@ __all__ = [
 #: What the explorer shows, coarse to fine: turning the objective turret up.
 MAGNIFICATIONS = ("2.5x", "5x", "10x", "20x", "40x")
 PATCH_SIZE = 224
-STUDENT_MPP = MAGNIFICATION_MPP["5x"]
-TEACHER_MPP = MAGNIFICATION_MPP["20x"]
+STUDENT_MPP = MAGNIFICATION_MPP[STUDENT_MAGNIFICATION]
+TEACHER_MPP = MAGNIFICATION_MPP[TEACHER_MAGNIFICATION]
 #: The default field of view: one 5x student patch (224 px at 2.0 µm/px).
 DEFAULT_FOV_UM = PATCH_SIZE * STUDENT_MPP
 #: The multiplication sign of captions ("224 x 224 px", "enlarged 2x" with it in place of x).
@@ -68,19 +79,11 @@ _NAME_TOLERANCE = 0.15
 
 def scan_magnification(mpp: float) -> str:
     """The name of a level-0 resolution: ``"20x"`` for 0.499 µm/px, else ``"0.3 µm/px"``."""
-    name, value = min(MAGNIFICATION_MPP.items(), key=lambda item: abs(math.log(item[1] / mpp)))
-    if abs(value - mpp) <= _NAME_TOLERANCE * value:
-        return name
-    return f"{mpp:.3g} µm/px"
+    return magnification_name(mpp, _NAME_TOLERANCE) or f"{mpp:.3g} µm/px"
 
 
 def _require_mpp(slide: Slide) -> tuple[float, float]:
-    if slide.mpp_x is None or slide.mpp_y is None:
-        raise MissingMppError(
-            f"{slide.path}: the slide records no µm per pixel, so magnifications are unknown;"
-            " open it with an mpp override"
-        )
-    return float(slide.mpp_x), float(slide.mpp_y)
+    return slide.require_mpp_xy("its magnifications are unknown")
 
 
 # ---- field of view ------------------------------------------------------------------------
@@ -124,12 +127,12 @@ class FieldOfView:
 
 def _to_level0(slide: Slide, values: Sequence[float], units: str) -> np.ndarray:
     """x, y pairs in level-0 px from ``units`` ("px": level-0 px, "um": world µm)."""
-    mpp = np.array(_require_mpp(slide) * (len(values) // 2))
+    mpp = _require_mpp(slide)
     values = np.asarray(values, dtype=np.float64)
     if units == "px":
         return values
     if units == "um":
-        return values / mpp + 0.5
+        return um_to_level0(values, mpp)
     raise ValueError(f"units must be 'px' (level-0 pixels) or 'um' (world µm), got {units!r}")
 
 
@@ -187,12 +190,8 @@ def world_boxes(
     Pixel ``i`` is centred at world ``i * mpp`` (+ the layer's ``translate``, given in napari's
     (y, x) order), so its left edge ``i`` is at ``(i - 0.5) * mpp``.
     """
-    boxes = np.asarray(boxes_level0, dtype=np.float64)
-    mx, my = mpp
     ty, tx = translate
-    factor = np.array([mx, my, mx, my])
-    offset = np.array([tx, ty, tx, ty])
-    return (boxes - 0.5) * factor + offset
+    return level0_to_um(boxes_level0, mpp, (tx, ty))
 
 
 def rectangles(boxes: np.ndarray) -> np.ndarray:
@@ -428,25 +427,9 @@ class SlideExplorer:
         ``patch_grid``, and the crops are ``pair_geometry``'s: 4 x 4 crops of 224 px at
         0.5 µm/px for a 224 px 5x patch (448 µm = 896 level-0 px on a 0.5 µm/px scan).
         """
-        student = parse_mpp(student_mpp)
         cx, cy = _to_level0(self.slide, point, units)
-        base = float(self.slide.mpp)  # type: ignore[arg-type]
-        size0 = self.patch_size * student / base
-        level, _ = self.slide.best_level_for_mpp(student)
-        ds = self.slide.levels[level].downsample
-        x, y = (round(round((c - size0 / 2) / ds) * ds) for c in (cx, cy))
-        grid = PatchGrid(
-            coords=np.array([[x, y]], np.int64),
-            mpp=student,
-            patch_size=self.patch_size,
-            stride=self.patch_size,
-            level=level,
-            level_downsample=ds,
-            patch_size_level0=size0,
-            step_level0=round(size0),
-            tissue=np.ones(1),
-            slide_dimensions=self.slide.dimensions,
-        )
+        grid = patch_at(self.slide, (cx, cy), student_mpp, self.patch_size)
+        (x, y), size0 = grid.coords[0].tolist(), grid.patch_size_level0
         pairs = pair_geometry(grid, self.slide, teacher_mpp, crop_size)
         origins = pairs.crop_coords(grid.coords)[0].astype(np.float64)
         crops = np.concatenate([origins, origins + pairs.crop_size_level0], axis=1)
@@ -454,7 +437,7 @@ class SlideExplorer:
             student=np.array([x, y, x + size0, y + size0], np.float64),
             crops=crops,
             mpp=_require_mpp(self.slide),
-            student_mpp=student,
+            student_mpp=grid.mpp,
             teacher_mpp=pairs.teacher_mpp,
             patch_size=self.patch_size,
             crop_size=crop_size,
@@ -592,7 +575,7 @@ class Layout:
 
 
 def _name_of(mpp: float) -> str:
-    return next((name for name, value in MAGNIFICATION_MPP.items() if math.isclose(value, mpp)), f"{mpp:g}")
+    return magnification_name(mpp) or f"{mpp:g}"
 
 
 def layout(

@@ -1,0 +1,135 @@
+"""Reading weight files without running anything they hold.
+
+* ``.safetensors`` through safetensors: tensors only;
+* ``.bin``/``.pth``/``.pt``/``.ckpt`` only through ``torch.load(weights_only=True)``, which
+  refuses pickles that carry code (:func:`torch_load_safely` turns the refusal into one line);
+* a folder: ``model.safetensors``, ``pytorch_model.bin``, or its single weight file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DIR_PREFERRED",
+    "WEIGHT_SUFFIXES",
+    "WeightsError",
+    "find_weights_file",
+    "load_checkpoint",
+    "sha256_file",
+    "torch_load_safely",
+    "unpickling_reason",
+]
+
+#: Files read as weights, safetensors first.
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+_PICKLE_SUFFIXES = frozenset(WEIGHT_SUFFIXES[1:])
+DIR_PREFERRED = ("model.safetensors", "pytorch_model.bin")
+
+
+class WeightsError(RuntimeError):
+    """Weights cannot be found, read or fitted; the message says what and what to do."""
+
+
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """Read a weight file without executing anything it contains.
+
+    ``.safetensors`` through safetensors; pickle-based formats only through
+    ``torch.load(weights_only=True)``. A pickle that references any callable beyond
+    tensors and plain containers is refused with :class:`WeightsError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weight file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:  # pragma: no cover - safetensors ships with timm
+            raise WeightsError("reading .safetensors needs the 'safetensors' package") from exc
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise WeightsError(f"cannot read {path} as safetensors: {exc}") from exc
+    if suffix not in _PICKLE_SUFFIXES:
+        raise WeightsError(
+            f"unknown weight file type {path.name!r}; expected one of {', '.join(WEIGHT_SUFFIXES)}"
+        )
+    return torch_load_safely(path, WeightsError)
+
+
+def torch_load_safely(path: str | os.PathLike[str], error: type[Exception], what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)``, its refusals turned into one line of ``error``.
+
+    torch's own message advises retrying with ``weights_only=False``, which would run the code
+    the file carries: the line says what was refused and how to convert a trusted file instead.
+    """
+    import torch  # here: a batch client that only lists weight files stays without torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise error(
+            f"refused to read {path}: it holds Python objects that torch.load(weights_only=True) "
+            f"does not allow ({unpickling_reason(exc)}). Such a pickle could run code when loaded, so it is "
+            "never fully unpickled. If you trust the file, re-save just its tensors on a machine where "
+            "running it is acceptable, e.g. safetensors.torch.save_file(state_dict, 'model.safetensors')."
+        ) from None
+    except Exception as exc:
+        raise error(f"cannot read {path} as a {what}: {first_line(exc)}") from None
+
+
+def unpickling_reason(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load with
+    ``weights_only=False`` (which would run the code)."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        boilerplate = ("Weights only load failed", "Check the documentation", "Please file")
+        if line and not line.startswith(boilerplate):
+            return line.rstrip(".")
+    return "objects other than tensors and plain containers"
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def find_weights_file(folder: str | os.PathLike[str]) -> Path:
+    """The weight file of a directory: ``model.safetensors``, ``pytorch_model.bin``, or the only one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"not a directory: {folder}")
+    for name in DIR_PREFERRED:
+        if (folder / name).is_file():
+            return folder / name
+    for suffixes in ((".safetensors",), tuple(_PICKLE_SUFFIXES)):
+        found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise WeightsError(f"{folder} holds several weight files ({names}); pass the one to use")
+    raise WeightsError(
+        f"no weight file in {folder}: expected model.safetensors, pytorch_model.bin or a single "
+        f"{'/'.join(WEIGHT_SUFFIXES)} file"
+    )
+
+
