@@ -39,19 +39,20 @@ ROWS = ("baseline", "before", "final")
 
 
 def base_config(args: argparse.Namespace, out: Path, **changes) -> TrainConfig:
-    options = dict(
-        slides=[args.slide], out_dir=out,
-        teacher="uni2-h", teacher_weights="random", teacher_tiny=True,
-        teacher_overrides={"init_values": 1.0, "depth": args.teacher_depth},
-        student="xmag", student_weights="random", student_tiny=True,
-        student_overrides={
+    options = {
+        "slides": [args.slide], "out_dir": out,
+        "teacher": "uni2-h", "teacher_weights": "random", "teacher_tiny": True,
+        "teacher_overrides": {"init_values": 1.0, "depth": args.teacher_depth},
+        "student": "xmag", "student_weights": "random", "student_tiny": True,
+        "student_overrides": {
             "img_size": args.patch_size, "embed_dim": args.width, "num_heads": args.width // 32,
         },
-        patch_size=args.patch_size, crop_size=args.patch_size, stride=args.stride,
-        batch_size=args.batch_size, lr=args.lr, holdout=args.holdout, holdout_block_um=args.block_um,
-        num_workers=args.workers, cache_workers=args.workers, progress=False, log_every=10,
-        checkpoint_every=10_000,
-    )
+        "patch_size": args.patch_size, "crop_size": args.patch_size, "stride": args.stride,
+        "batch_size": args.batch_size, "lr": args.lr, "holdout": args.holdout,
+        "holdout_block_um": args.block_um,
+        "num_workers": args.workers, "cache_workers": args.workers, "progress": False, "log_every": 10,
+        "checkpoint_every": 10_000,
+    }
     return TrainConfig(**{**options, **changes})
 
 

@@ -1,7 +1,7 @@
 """Write docs/cli-reference.md from the argparse parser, so the reference cannot drift.
 
-    python scripts/gen_cli_reference.py          # rewrite the file
-    python scripts/gen_cli_reference.py --check  # exit 1 if it is out of date (tests run this)
+python scripts/gen_cli_reference.py          # rewrite the file
+python scripts/gen_cli_reference.py --check  # exit 1 if it is out of date (tests run this)
 """
 
 from __future__ import annotations

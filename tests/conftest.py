@@ -99,7 +99,7 @@ def _no_replace_dialogs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_common, "confirm_replace", lambda path, reason: False)
 
 
-@pytest.fixture()
+@pytest.fixture
 def xmag_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private user cache, so tests never touch the real one."""
     monkeypatch.setenv("XMAG_CACHE_DIR", str(tmp_path / "cache"))

@@ -377,7 +377,7 @@ READER_CASES = {
 
 @pytest.fixture(scope="module")
 def viewer_model():
-    """napari's viewer model without a window: ``open`` goes through npe2 as the GUI does."""
+    """Napari's viewer model without a window: ``open`` goes through npe2 as the GUI does."""
     import npe2
     from napari.components import ViewerModel
 

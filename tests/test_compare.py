@@ -25,8 +25,8 @@ from napari_xmag.compare import (
     spatial_split,
 )
 from napari_xmag.compare.run import _choose_mapping
-from napari_xmag.maps import kmeans_labels
 from napari_xmag.embed import EmbedCancelled
+from napari_xmag.maps import kmeans_labels
 from napari_xmag.models import create_model, save_model
 from napari_xmag.slide import MissingMppError, Slide
 from napari_xmag.tiling import NoTissueError

@@ -12,12 +12,12 @@ import torch
 from conftest import BOXES, CMU1, SLIDES
 from napari_xmag.cli import main
 from napari_xmag.embed import EmbedCancelled, EmbedSettings, embed_patches, embed_slide, iter_patch_batches
-from napari_xmag.models.precision import prepare_model
-from napari_xmag.tiling import NoTissueError
 from napari_xmag.features import read_features
 from napari_xmag.models import create_model
+from napari_xmag.models.precision import prepare_model
 from napari_xmag.slide import Slide, SlideError
 from napari_xmag.synthetic import write_aperio_pyramid
+from napari_xmag.tiling import NoTissueError
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,15 @@ from hypothesis import strategies as st
 from conftest import CMU1, SLIDES
 from napari_xmag._reader import SLIDE_SUFFIXES, get_map_reader, get_reader, read_maps, read_slides
 from napari_xmag.features import FeatureFileError, FeatureSet, read_features, write_features
-from napari_xmag.maps import MapFileError, MapGrid, SlideMap, read_geojson, read_ome_zarr, write_geojson, write_ome_zarr
+from napari_xmag.maps import (
+    MapFileError,
+    MapGrid,
+    SlideMap,
+    read_geojson,
+    read_ome_zarr,
+    write_geojson,
+    write_ome_zarr,
+)
 from napari_xmag.maps.geojson import geojson_layer_data
 from napari_xmag.slide import Slide, SlideError
 

@@ -12,8 +12,8 @@ import pytest
 from conftest import CMU1
 from napari_xmag import maps
 from napari_xmag.cli import main
-from napari_xmag.features import FeatureFileError, FeatureSet, read_features, write_features
 from napari_xmag.compare import cosine_map
+from napari_xmag.features import FeatureSet, read_features, write_features
 from napari_xmag.formats.attention import attention_values
 from napari_xmag.maps import MapError, MapGrid
 
@@ -50,7 +50,7 @@ OVERLAP_MEANS = np.array([
 ])
 
 
-@pytest.fixture()
+@pytest.fixture
 def overlap():
     return feature_set(grid_coords(XS, YS))
 
@@ -168,7 +168,7 @@ def test_label_ties_go_to_the_nearest_patch_centre() -> None:
 
 # ---- kinds ----------------------------------------------------------------------------------
 def two_halves(n=6, dim=16, noise=0.05):
-    """n x n patches without overlap; the left half's features differ from the right half's."""
+    """N x n patches without overlap; the left half's features differ from the right half's."""
     coords = grid_coords(np.arange(n) * 200, np.arange(n) * 200)  # 100 px at 1 µm/px, 0.5 µm/px scan
     rng = np.random.default_rng(1)
     left = coords[:, 0] < n * 100

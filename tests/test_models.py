@@ -401,7 +401,6 @@ def test_offline_hub_says_what_failed_and_where_to_put_files(offline_hub):
 
 
 def test_gated_or_unreachable_hub_errors_are_explained(tmp_path, monkeypatch):
-    import huggingface_hub
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError
 
     def raising(error_type, message):

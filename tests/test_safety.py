@@ -638,9 +638,8 @@ def test_13_saved_models_honour_the_umask(tmp_path: Path) -> None:
 # ---- the writers' one rule, for every kind --------------------------------------------------------
 def test_every_writer_refuses_a_foreign_target(tmp_path: Path) -> None:
     """Each writer, pointed at a user's file: refused, the file unchanged."""
-    from napari_xmag.formats.attention import AttentionMap
-
     from napari_xmag.distill.checkpoint import save_checkpoint
+    from napari_xmag.formats.attention import AttentionMap
     from napari_xmag.maps import write_geojson, write_ome_zarr
     from napari_xmag.mil import write_attention
 

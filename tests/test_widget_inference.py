@@ -116,7 +116,7 @@ def test_embeds_and_adds_aligned_maps(make_napari_viewer, qtbot, tmp_path) -> No
 
     [mask] = owned(viewer, "mask")
     assert isinstance(mask, Labels) and set(np.unique(mask.data)) == {0, 1}
-    ds = mask.metadata["tissue_mask"]["downsample"]
+    ds = mask.metadata["xmag_map"]["grid"]["step_x"]  # mask pixels of `ds` level-0 px
     np.testing.assert_allclose(mask.scale, (ds * 0.499, ds * 0.499), rtol=1e-3)
     np.testing.assert_allclose(mask.translate, ((0.5 * ds - 0.5) * 0.499,) * 2, rtol=1e-3)
 

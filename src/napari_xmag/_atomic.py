@@ -119,7 +119,7 @@ def json_kind(name: str, *formats: str) -> OutputKind:
 def read_small_json(path: Path, limit: int = 256 << 20) -> Any:
     """A JSON regular file's content, or None (missing, not a file, too big, not JSON)."""
     try:
-        st = os.stat(path)
+        st = Path(path).stat()
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             return None
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -132,7 +132,7 @@ def describe(path: Path) -> str:
     """A few words on what is at ``path``: "a folder holding 2 files and 1 folder"."""
     try:
         if path.is_symlink():
-            return f"a link to {os.readlink(path)}"
+            return f"a link to {path.readlink()}"
         if path.is_dir():
             files = folders = 0
             with os.scandir(path) as entries:
@@ -143,7 +143,8 @@ def describe(path: Path) -> str:
                         files += 1
             if not files and not folders:
                 return "an empty folder"
-            parts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in ((files, "file"), (folders, "folder")) if n]
+            counted = ((files, "file"), (folders, "folder"))
+            parts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in counted if n]
             return "a folder holding " + " and ".join(parts)
         st = path.stat()
         if stat.S_ISREG(st.st_mode):
@@ -195,8 +196,8 @@ def atomic_path(
         _with_umask(target)
         check_target(path, kind, overwrite)
         if os.path.lexists(path) and (target.is_dir() or (path.is_dir() and not path.is_symlink())):
-            os.replace(path, tmp_dir / f"{path.name}.replaced")  # a folder: goes with tmp_dir below
-        os.replace(target, path)
+            path.replace(tmp_dir / f"{path.name}.replaced")  # a folder: goes with tmp_dir below
+        target.replace(path)
     finally:
         owner.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -207,7 +208,6 @@ def write_json(
 ) -> Path:
     """Write ``json_safe(data)`` atomically (flushed to disk before the rename): a reader, or a
     run killed meanwhile, sees the old file or the new one."""
-
     path = Path(path)
     with atomic_path(path, kind, overwrite=overwrite) as tmp, tmp.open("w", encoding="utf-8") as f:
         json.dump(json_safe(data), f, indent=2, allow_nan=False)
@@ -231,7 +231,7 @@ def _hold(tmp_dir: Path, target_name: str) -> IO[str]:
         json.dump({"format": OWNER_FORMAT, "target": target_name, "pid": os.getpid(),
                    "host": socket.gethostname()}, handle)
         handle.flush()
-        os.replace(scratch, tmp_dir / OWNER)
+        scratch.replace(tmp_dir / OWNER)
     except BaseException:
         handle.close()
         raise
@@ -299,7 +299,7 @@ def _abandoned(part: Path, target_name: str) -> bool:
 # ---- permissions -------------------------------------------------------------------------------
 def _umask() -> int:
     """The process umask, read without changing it (os.umask sets it, racing other threads)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as fh:
+    with contextlib.suppress(OSError, ValueError), Path("/proc/self/status").open(encoding="ascii") as fh:
         for line in fh:
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
@@ -314,19 +314,12 @@ def _with_umask(target: Path) -> None:
     mask = _umask()
     file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
     with contextlib.suppress(OSError):
-        if target.is_dir():
-            os.chmod(target, dir_mode)
-            for root, dirs, files in os.walk(target):
-                for d in dirs:
-                    p = os.path.join(root, d)
-                    if not os.path.islink(p):
-                        os.chmod(p, dir_mode)
-                for f in files:
-                    p = os.path.join(root, f)
-                    if not os.path.islink(p):
-                        os.chmod(p, file_mode | (os.stat(p).st_mode & 0o111 & ~mask))
-        else:
-            os.chmod(target, file_mode | (target.stat().st_mode & 0o111 & ~mask))
+        entries = [target, *target.rglob("*")] if target.is_dir() else [target]
+        for entry in entries:  # rglob does not follow links to folders
+            if entry.is_symlink():
+                continue
+            executable = entry.stat().st_mode & 0o111 & ~mask
+            entry.chmod(dir_mode if entry.is_dir() else file_mode | executable)
 
 
 # ---- the output folder ---------------------------------------------------------------------------

@@ -34,7 +34,6 @@ def return_freed_memory() -> None:
 
 def rss_mb() -> float:
     """This process's resident memory, in MB."""
-
     return psutil.Process().memory_info().rss / MB
 
 

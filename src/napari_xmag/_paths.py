@@ -33,14 +33,16 @@ def user_cache_dir() -> Path:
     return Path(platform_cache_dir("napari-xmag"))
 
 
-def file_problem(path: str | os.PathLike[str], *, folder: bool = False, max_bytes: int | None = None) -> str | None:
+def file_problem(
+    path: str | os.PathLike[str], *, folder: bool = False, max_bytes: int | None = None
+) -> str | None:
     """Why ``path`` cannot be read as an input, or None when it can.
 
     A regular file (links followed) passes; with ``folder=True`` a folder does too. Missing
     paths, pipes, sockets and devices are refused, as is a file over ``max_bytes``.
     """
     try:
-        st = os.stat(path)
+        st = Path(path).stat()
     except FileNotFoundError:
         return "no such file"
     except OSError as err:

@@ -63,7 +63,6 @@ def read_slides(path: str | list[str]) -> LayerData:
 
 def slide_layer_data(path: str, mpp: float | None = None) -> tuple[Any, dict[str, Any], str]:
     """One multiscale RGB image layer, in µm when the slide knows its mpp."""
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingMppWarning)
         slide = Slide(path, mpp=mpp)
@@ -114,7 +113,6 @@ def get_map_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerDa
 
 def read_maps(path: str | list[str]) -> LayerData:
     """Layers of our map files, with the scale/translate (µm) that put them on the slide."""
-
     layers: LayerData = []
     for p in [path] if isinstance(path, str) else list(path):
         layers.extend(map_layers(str(p).rstrip("/\\")))

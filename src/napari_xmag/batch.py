@@ -180,7 +180,7 @@ def _check_model(model: str, weights: str) -> None:
         raise BatchError(f"weights {weights!r}: no such file or folder (or auto, random, hf-hub:ORG/NAME)")
     if model.startswith("hf-hub:") or Path(model).expanduser().exists():
         return
-    from .models import get_spec
+    from .models.registry import get_spec  # the registry alone: no torch on the client
 
     get_spec(model)  # UnknownModelError (a ValueError) lists the registered names
 
@@ -215,7 +215,6 @@ def _worker_address() -> str | None:
 
 def _embed_task(job: dict[str, Any]) -> dict[str, Any]:
     """Embed one slide on this worker; never raises: a failure is returned as a record."""
-
     record: dict[str, Any] = {
         "started": _now(), "worker": _worker_address(), "host": socket.gethostname(), "pid": os.getpid(),
     }
@@ -224,7 +223,7 @@ def _embed_task(job: dict[str, Any]) -> dict[str, Any]:
     with RssSampler() as rss:
         try:
             if job.get("torch_threads"):
-                import torch
+                import torch  # on the workers only, never on the client
 
                 torch.set_num_threads(int(job["torch_threads"]))
             settings = EmbedSettings(**job["settings"])
@@ -500,8 +499,6 @@ def _connect(
     client: Any, scheduler: Any, local_workers: int | None, needs: dict[str, float], torch_threads: int | None
 ) -> tuple[Any, list[Callable[[], Any]], dict[str, Any]]:
     """(client, what to close at the end, what the manifest says of the cluster)."""
-
-
     closers: list[Callable[[], Any]] = []
     if client is not None:
         info = {"scheduler": client.scheduler.address, "local_workers": None}

@@ -23,7 +23,8 @@ from . import __version__
 from .models.precision import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-WEIGHTS_HELP = "auto (the model's own: a local path or its hub repository), random (for trying the plumbing), or a file"
+WEIGHTS_HELP = ("auto (the model's own: a local path or its hub repository), random (for trying the"
+                " plumbing), or a file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +56,8 @@ def _model_options(p: argparse.ArgumentParser, side: str, default: str | None) -
     name = "model" if side == "model" else side
     shown = f" (default: {default})" if default else ""
     p.add_argument(f"--{name}", default=default, help=f"registry name, local path or hf-hub:ORG/NAME{shown}")
-    p.add_argument("--weights" if side == "model" else f"--{side}-weights", default="auto" if default else None,
-                   help=WEIGHTS_HELP)
+    flag = "--weights" if side == "model" else f"--{side}-weights"
+    p.add_argument(flag, default="auto" if default else None, help=WEIGHTS_HELP)
 
 
 def _runtime_options(p: argparse.ArgumentParser, *, batch_help: str, workers: bool = True,
@@ -218,7 +219,8 @@ def _add_finetune(sub: Any) -> None:
                    help="patches per slide per step, a random subset (default: 64)")
     p.add_argument("--lr", type=float, default=2e-4, help="ABMIL and heads (default: 2e-4)")
     p.add_argument("--backbone-lr", type=float, default=1e-5, help="student blocks (default: 1e-5)")
-    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing of the trained blocks")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="gradient checkpointing of the trained blocks")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     _slide_options(p)
@@ -322,7 +324,7 @@ def _add_demo(sub: Any) -> None:
 
 
 def _embed_settings(args: argparse.Namespace) -> Any:
-    from .embed import EmbedSettings
+    from .embed import EmbedSettings  # on demand: --help needs no torch
 
     return EmbedSettings(
         mpp=args.mpp, patch_size=args.patch_size, stride=args.stride,
@@ -359,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the input's fault: one line, exit code 2, no traceback."""
-    from ._atomic import OutputError
+    from ._atomic import OutputError  # on demand: --help needs no torch
     from ._paths import InputFileError
     from .embed import EmbedCancelled
     from .models.files import WeightsError
@@ -373,7 +375,7 @@ def _warn(text: str) -> None:
 
 
 def _open(path: Path, mpp: float | None = None) -> Any:
-    from .slide import Slide
+    from .slide import Slide  # on demand: --help needs no torch
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -397,11 +399,11 @@ def format_info(summary: dict[str, Any]) -> str:
         f"associated:       {', '.join(summary['associated_images']) or 'none'}",
         "levels:",
     ]
-    for lv in summary["levels"]:
-        lines.append(
-            f"  {lv['level']}: {lv['width']:>6} x {lv['height']:<6} downsample {lv['downsample']:<8.4g}"
-            f" tile {lv['tile'][0]}x{lv['tile'][1]}  {um(lv['mpp'])}"
-        )
+    lines += [
+        f"  {lv['level']}: {lv['width']:>6} x {lv['height']:<6} downsample {lv['downsample']:<8.4g}"
+        f" tile {lv['tile'][0]}x{lv['tile'][1]}  {um(lv['mpp'])}"
+        for lv in summary["levels"]
+    ]
     mags = summary.get("magnifications")
     if mags:
         for name, m in mags.items():
@@ -426,14 +428,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .synthetic import sample_slide_path
+    from .synthetic import sample_slide_path  # on demand: --help needs no torch
 
     print(sample_slide_path(args.out))
     return 0
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from ._atomic import check_output_folder
+    from ._atomic import check_output_folder  # on demand: --help needs no torch
     from .embed import embed_slide
     from .features import unique_feature_paths
     from .models import inference_model
@@ -454,7 +456,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import run_batch
+    from .batch import run_batch  # on demand: --help needs no torch
     from .provenance import random_weights_warning
 
     settings = _embed_settings(args)
@@ -482,7 +484,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import check_comparison_folder, compare_slide, parse_roi
+    from .compare import check_comparison_folder, compare_slide, parse_roi  # on demand: --help needs no torch
     from .models import create_model
     from .provenance import random_weights_warning
 
@@ -504,7 +506,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .mil import ABMILSettings, run_eval
+    from .mil import ABMILSettings, run_eval  # on demand: --help needs no torch
 
     abmil = ABMILSettings(epochs=args.epochs, lr=args.lr, device=args.device)
     report = run_eval(args.csv, args.features, args.out, method=args.method, folds=args.folds,
@@ -518,7 +520,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .mil import FinetuneSettings, run_finetune
+    from .mil import FinetuneSettings, run_finetune  # on demand: --help needs no torch
     from .provenance import random_weights_warning
 
     settings = FinetuneSettings(
@@ -542,7 +544,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from .distill import TrainConfig, train
+    from .distill import TrainConfig, train  # on demand: --help needs no torch
 
     names = (
         "teacher", "teacher_weights", "student", "student_weights", "epochs", "steps", "batch_size",
@@ -577,7 +579,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 def _cmd_maps(args: argparse.Namespace) -> int:
 
-    from ._atomic import check_target
+    from ._atomic import check_target  # on demand: --help needs no torch
     from .compare import cosine_map
     from .formats.attention import attention_values
     from .maps import GEOJSON_KIND, MAP_STORE_KIND, make_maps, save_maps
@@ -613,13 +615,13 @@ def _check_not_an_input(out: Path, *inputs: Path | None) -> None:
             continue
         source = given.absolute()
         if os.path.lexists(target) and os.path.lexists(source) and (
-            os.path.samefile(target, source) or source.is_relative_to(target)
+            target.samefile(source) or source.is_relative_to(target)
         ):
             raise ValueError(f"{out}: is the input {given}; write the output elsewhere")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import default_out_dir, run_demo
+    from .demo import default_out_dir, run_demo  # on demand: --help needs no torch
     from .provenance import RANDOM_WEIGHTS_TAG, random_weights_warning
 
     if args.napari:
@@ -645,7 +647,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _check_napari() -> None:
-    """napari and a Qt binding must be importable: one line naming the install, not a traceback."""
+    """Napari and a Qt binding must be importable: one line naming the install, not a traceback."""
     from importlib.util import find_spec
 
     if find_spec("napari") is None or not any(find_spec(b) for b in ("PyQt5", "PyQt6", "PySide2", "PySide6")):

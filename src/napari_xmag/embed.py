@@ -96,7 +96,6 @@ def default_batch_size(device: str) -> int:
     2.8 patches/s (fp32) and 10.4 / 9.2 / 7.9 (int8) at batch 8 / 16 / 32 on 2 cores, as the
     activations of a small batch stay in cache (benchmarks/bench_embed.py).
     """
-
     return 8 if resolve_device(device).type == "cpu" else 64
 
 
@@ -161,8 +160,7 @@ def iter_patch_batches(
     pending: list[Future[np.ndarray]] = []
     try:
         ahead = 2 * workers
-        for start in starts[:ahead]:
-            pending.append(pool.submit(read, start))
+        pending.extend(pool.submit(read, start) for start in starts[:ahead])
         for i in range(len(starts)):
             batch = pending[i].result()
             if i + ahead < len(starts):
@@ -335,7 +333,7 @@ def _other_slide(existing: dict[str, Any], run_attrs: dict[str, Any]) -> str | N
             return None
         return f"{existing.get('slide_path') or 'unknown'}, {old_size} bytes"
     old_path = str(existing.get("slide_path") or "")
-    if old_path and os.path.abspath(old_path) != os.path.abspath(run_attrs["slide_path"]):
+    if old_path and Path(old_path).resolve() != Path(run_attrs["slide_path"]).resolve():
         return old_path
     return None
 

@@ -92,7 +92,9 @@ def is_features_file(path: str | os.PathLike[str]) -> bool:
     try:
         if path.is_dir():
             attrs = (read_small_json(path / "zarr.json") or {}).get("attributes", {})
-            return isinstance(attrs, dict) and (attrs.get("format") == FEATURES_FORMAT or "xmag_version" in attrs)
+            return isinstance(attrs, dict) and (
+                attrs.get("format") == FEATURES_FORMAT or "xmag_version" in attrs  # older files of ours
+            )
         if file_problem(path) is not None:
             return False
 

@@ -44,6 +44,7 @@ from .maps import (
     probe_maps,
     save_probe,
 )
+from .slide import level0_to_um
 
 __all__ = [
     "FewShotError",
@@ -177,8 +178,7 @@ def patches_under_labels(
             "the painted labels lie outside the slide: paint over the slide (is the labels layer"
             " drawn on another slide, or in pixels rather than µm?)"
         )
-    centre_x = (coords[:, 0] + size / 2 - 0.5) * mpp
-    centre_y = (coords[:, 1] + size / 2 - 0.5) * mpp
+    centre_x, centre_y = level0_to_um(coords + size / 2, mpp).T
     i = np.rint((centre_y - ty) / sy).astype(np.int64)
     j = np.rint((centre_x - tx) / sx).astype(np.int64)
     inside = (i >= 0) & (j >= 0) & (i < raster.shape[0]) & (j < raster.shape[1])
@@ -218,9 +218,7 @@ def patches_under_points(
             f"all {len(pts)} points lie outside the slide: drop them on the slide (are they in µm,"
             " on this slide?)"
         )
-    x0 = (coords[:, 0] - 0.5) * mpp
-    y0 = (coords[:, 1] - 0.5) * mpp
-    x1, y1 = x0 + size * mpp, y0 + size * mpp
+    x0, y0, x1, y1 = level0_to_um(np.concatenate([coords, coords + size], axis=1), mpp).T
     hit = (
         (pts[:, None, 1] >= x0) & (pts[:, None, 1] < x1) & (pts[:, None, 0] >= y0) & (pts[:, None, 0] < y1)
     )  # (P, N)

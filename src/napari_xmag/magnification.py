@@ -24,6 +24,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -462,7 +463,7 @@ def explorer_for(path: str | os.PathLike[str], mpp: float | None = None) -> Slid
     Keeps the four most recently used slides open; a file changed on disk is reopened.
     """
     path = os.fspath(path)
-    return _cached_explorer(path, mpp, os.stat(path).st_mtime)
+    return _cached_explorer(path, mpp, Path(path).stat().st_mtime)
 
 
 # ---- layout: the views side by side -------------------------------------------------------

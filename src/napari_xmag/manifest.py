@@ -190,7 +190,7 @@ class RunManifest:
             write_json(self.path, manifest, MANIFEST_KIND, overwrite=self.overwrite)
             with contextlib.suppress(FileNotFoundError):
                 if _is_journal(self.journal) or self.overwrite:
-                    os.unlink(self.journal)  # every record is in the manifest now
+                    self.journal.unlink()  # every record is in the manifest now
 
     def record(self, entry: dict[str, Any]) -> None:
         """Append one slide's record to the journal, on disk before this returns."""

@@ -27,13 +27,11 @@ from PIL import Image
 
 from ._memory import return_freed_memory, too_big
 from ._paths import file_problem
+from ._values import positive_float
 from .slide_checks import damage_reason, missing_pixels_reason, not_brightfield_reason
 
 __all__ = [
     "MAGNIFICATION_MPP",
-    "level0_to_um",
-    "magnification_name",
-    "um_to_level0",
     "LevelArray",
     "MissingMppError",
     "MissingMppWarning",
@@ -43,9 +41,12 @@ __all__ = [
     "SlideOpenError",
     "SlideReadError",
     "damage_reason",
+    "level0_to_um",
+    "magnification_name",
     "not_brightfield_reason",
     "parse_mpp",
     "shared_tile_cache",
+    "um_to_level0",
 ]
 
 #: The named magnifications, as µm per pixel (the project is about 5x against 20x).
@@ -196,11 +197,7 @@ class LevelInfo:
 
 
 def _float_property(props: Any, key: str) -> float | None:
-    try:
-        value = float(props[key])
-    except (KeyError, ValueError, TypeError):
-        return None
-    return value if value > 0 and math.isfinite(value) else None
+    return positive_float(props.get(key))
 
 
 def _readable_properties(props: Any) -> dict[str, str]:
@@ -210,13 +207,13 @@ def _readable_properties(props: Any) -> dict[str, str]:
     for key in props:
         try:
             out[key] = props[key]
-        except KeyError:
+        except KeyError:  # noqa: PERF203  (a damaged key; properties are few)
             continue
     return out
 
 
 def _mpp_from_properties(props: Any) -> tuple[float | None, float | None, str | None]:
-    """mpp x/y and where they came from: OpenSlide's normalised keys, then vendor keys."""
+    """Mpp x/y and where they came from: OpenSlide's normalised keys, then vendor keys."""
     x = _float_property(props, openslide.PROPERTY_NAME_MPP_X)
     y = _float_property(props, openslide.PROPERTY_NAME_MPP_Y)
     if x and y:
@@ -478,7 +475,8 @@ class Slide:
         if self.mpp is not None:
             out["magnifications"] = {
                 name: dict(zip(("level", "factor"), self.best_level_for_mpp(m), strict=True), mpp=m)
-                for name, m in ((n, MAGNIFICATION_MPP[n]) for n in (TEACHER_MAGNIFICATION, STUDENT_MAGNIFICATION))
+                for name, m in ((n, MAGNIFICATION_MPP[n])
+                                 for n in (TEACHER_MAGNIFICATION, STUDENT_MAGNIFICATION))
             }
         return out
 
@@ -489,7 +487,6 @@ class Slide:
     @functools.cached_property
     def pyramid(self) -> list[Any]:
         """One lazy dask array per level, chunked on the native tile grid."""
-
         arrays = []
         for level in range(self.level_count):
             source = self.level_array(level)

@@ -98,7 +98,6 @@ def _tiff_samples(
 ) -> tuple[int, int, str, str, int, int] | None:
     """(samples, bits, photometric, sample format, width, height) of the TIFF image of
     ``dimensions`` (the first such among the first 64), or of the first image when None."""
-
     try:
         with tifffile.TiffFile(path) as tif:
             for i, page in enumerate(tif.pages):

@@ -86,7 +86,6 @@ def _expand(source: str | os.PathLike[str] | SlideEntry) -> list[SlideEntry]:
 
 def _read_list(path: Path) -> list[SlideEntry]:
     """A ``.txt`` list (one path a line) or a CSV with ``slide`` (and ``mpp_override``) columns."""
-
     problem = file_problem(path, max_bytes=MAX_LIST_BYTES)
     if problem:  # a link to /dev/zero would be read for ever
         raise SlideListError(f"{path}: {problem}")
@@ -134,4 +133,4 @@ def _read_list(path: Path) -> list[SlideEntry]:
 def _absolute(path: Path) -> Path:
     """Absolute and normalised, but links kept: a folder of links to a slide store must give
     outputs named after the links, not after the files they point to."""
-    return Path(os.path.abspath(path))
+    return Path(os.path.abspath(path))  # noqa: PTH100  (resolve() would follow the links)

@@ -54,13 +54,13 @@ def write_aperio_pyramid(
     in memory at once. The file appears only when complete (temp name, then rename); a file
     already at ``path`` is replaced only with ``overwrite``.
     """
-
-
     path = Path(path)
     fields = [f"AppMag = {app_mag:g}" if app_mag else None, f"MPP = {mpp:g}" if mpp else None]
     extra = "".join(f"|{f}" for f in fields if f)
     head = "Aperio Image Library v12.0.15 \r\n"
-    with atomic_path(path, ANY_FILE, overwrite=overwrite) as tmp, tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2**31) as tif:
+    big = width * height * 3 > 2**31
+    target = atomic_path(path, ANY_FILE, overwrite=overwrite)
+    with target as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tif:
         for i, ds in enumerate(downsamples):
             w, h = width // ds, height // ds
             if i == 0:
@@ -169,7 +169,6 @@ def _regions(
     rng: np.random.Generator, width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray, Callable[[float], np.ndarray]]:
     """Tissue and tumour masks from the first two draws of ``rng``, and the field maker."""
-
     coarse = (max(4, height // 64), max(4, width // 64))
 
     def smooth_noise(sigma: float) -> np.ndarray:
@@ -202,7 +201,6 @@ def write_sample_slide(
 def sample_slide_path(folder: str | os.PathLike[str] | None = None) -> Path:
     """The sample slide's path, written on first use (atomically) with a fixed seed, into
     ``folder`` or the user cache (``XMAG_CACHE_DIR``)."""
-
     folder = Path(folder) if folder is not None else user_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SAMPLE_NAME

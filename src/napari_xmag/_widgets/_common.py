@@ -14,7 +14,7 @@ RANDOM_TAG = "RANDOM WEIGHTS"
 
 def confirm_replace(path: Any, reason: str) -> bool:
     """Ask the user before something napari-xmag did not write is replaced; no window, no."""
-    from qtpy.QtWidgets import QApplication, QMessageBox
+    from qtpy.QtWidgets import QApplication, QMessageBox  # Qt only when asked: _writer imports this module
 
     app = QApplication.instance()
     if app is None:
@@ -29,7 +29,7 @@ def confirm_replace(path: Any, reason: str) -> bool:
 
 def slide_layers(viewer: napari.viewer.Viewer, *exclude_roles: str) -> list[tuple[str, Any]]:
     """(name, layer) of the Image layers our reader made (they carry ``metadata["xmag"]``)."""
-    from napari.layers import Image
+    from napari.layers import Image  # napari only when asked: _writer imports this module
 
     return [
         (layer.name, layer)

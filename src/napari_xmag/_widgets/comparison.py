@@ -24,12 +24,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
+from napari.layers import Shapes
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from qtpy.QtCore import QObject, Signal
 
 from napari_xmag import compare, maps
 from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import slide_layers
 from napari_xmag.compare import matched_labels, report_rows
+from napari_xmag.embed import EmbedCancelled
 from napari_xmag.models.registry import list_models
+from napari_xmag.slide import um_to_level0
 
 if TYPE_CHECKING:
     import napari
@@ -51,11 +57,11 @@ def roi_from_rectangle(
     Level-0 pixel ``x`` is centred at ``x * mpp`` (napari's convention), so the world edge
     ``u`` µm is the pixel boundary ``u / mpp + 0.5``; boundaries are rounded to whole pixels.
     """
-    world = np.asarray(corners_um, np.float64)[:, -2:] - np.asarray(translate, np.float64)
+    world = np.asarray(corners_um, np.float64)[:, -2:]
     (y0, x0), (y1, x1) = world.min(0), world.max(0)
     mpp_y, mpp_x = mpp
-    px0, px1 = round(x0 / mpp_x + 0.5), round(x1 / mpp_x + 0.5)
-    py0, py1 = round(y0 / mpp_y + 0.5), round(y1 / mpp_y + 0.5)
+    ty, tx = translate
+    px0, py0, px1, py1 = (round(v) for v in um_to_level0([x0, y0, x1, y1], (mpp_x, mpp_y), (tx, ty)))
     return (int(px0), int(py0), int(px1 - px0), int(py1 - py0))
 
 
@@ -109,7 +115,6 @@ class ComparisonWidget(Container):
         return slide_layers(self._viewer, ROLE)
 
     def _roi_sources(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        from napari.layers import Shapes
 
         shapes = [(f"{layer.name} (rectangle)", layer) for layer in self._viewer.layers
                   if isinstance(layer, Shapes) and ROLE not in layer.metadata]
@@ -125,8 +130,6 @@ class ComparisonWidget(Container):
             self._status.value = "RANDOM WEIGHTS: for tests only; every number and map will be noise."
 
     def _on_run(self, _event: Any = None) -> None:
-        from napari.qt.threading import thread_worker
-        from napari.utils import progress
 
         layer = self._slide_edit.value
         if layer is None:
@@ -150,7 +153,7 @@ class ComparisonWidget(Container):
 
         # The models are built here, on the main thread: their first build imports parts of
         # torch (dynamo, triton) that crash when first imported from a worker thread under Qt.
-        from napari_xmag.models import WeightsError, create_model
+        from napari_xmag.models import WeightsError, create_model  # torch: only once the user runs one
 
         try:
             s = create_model(student, weights=weights)
@@ -197,7 +200,6 @@ class ComparisonWidget(Container):
             self._progress.refresh()
 
     def _on_error(self, err: BaseException) -> None:
-        from napari_xmag.embed import EmbedCancelled
 
         if isinstance(err, EmbedCancelled):
             self._status.value = "Cancelled: nothing was written."
@@ -353,7 +355,6 @@ class ComparisonWidget(Container):
 
 @functools.cache
 def _signals_class() -> type:
-    from qtpy.QtCore import QObject, Signal
 
     class ProgressSignals(QObject):
         advanced = Signal(int, int)  # (done, total), emitted from the worker thread

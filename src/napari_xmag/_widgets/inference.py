@@ -27,7 +27,11 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from qtpy.QtCore import QTimer
 
+from napari_xmag import maps as xmaps
 from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import (
     RANDOM_TAG,
@@ -37,8 +41,12 @@ from napari_xmag._widgets._common import (
     slide_layers,
     slide_offset,
 )
+from napari_xmag.embed import EmbedCancelled, EmbedSettings, embed_slide
+from napari_xmag.features import read_features
+from napari_xmag.maps import grid_for_features
 from napari_xmag.models.precision import PRECISIONS
 from napari_xmag.models.registry import list_models
+from napari_xmag.slide import level0_to_um
 
 if TYPE_CHECKING:
     import napari
@@ -47,7 +55,6 @@ if TYPE_CHECKING:
 ROLE = "xmag-inference"
 MAGNIFICATIONS = ("5x", "20x", "10x", "2.5x", "40x")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-MASK_COLOUR = [0.2, 0.8, 0.3, 1.0]
 GRID_COLOUR = "#ffd400"
 
 
@@ -145,9 +152,7 @@ class InferenceWidget(Container):
         self._status.value = "Cancelling after the current batch..."
 
     def _on_run(self, _event: Any = None) -> None:
-        from napari.qt.threading import create_worker
 
-        from napari_xmag.embed import EmbedSettings
 
         layer = self._slide_edit.value
         if layer is None:
@@ -191,7 +196,6 @@ class InferenceWidget(Container):
         self._done = (done, total)
 
     def _on_tick(self) -> None:
-        from napari.utils import progress
 
         done, total = self._done
         if total and self._progress_bar is None:
@@ -210,7 +214,6 @@ class InferenceWidget(Container):
         self._viewer.layers.selection.active = layer
 
     def _on_errored(self, err: BaseException) -> None:
-        from napari_xmag.embed import EmbedCancelled
 
         if isinstance(err, EmbedCancelled):
             self._status.value = f"Cancelled: {err}; nothing was written."
@@ -229,7 +232,6 @@ class InferenceWidget(Container):
 
     # ---- wiring helpers -----------------------------------------------------------------
     def _start_progress(self) -> None:
-        from qtpy.QtCore import QTimer
 
         self._timer = QTimer()
         self._timer.setInterval(100)
@@ -266,10 +268,6 @@ def _work(
     cancel: threading.Event, progress: Any,
 ) -> tuple[Any, list[tuple[str, tuple]]]:
     """The worker: embed (or reuse), then make the maps' layer tuples (no napari objects)."""
-    from napari_xmag import maps as xmaps
-    from napari_xmag.embed import embed_slide
-    from napari_xmag.features import read_features
-
     model = lazy.get()
     embedding = embed_slide(path, model, out_dir, settings, progress=progress, cancel=cancel)
     data = read_features(embedding.output)
@@ -281,7 +279,7 @@ def _work(
     if maps.get("kmeans"):
         layers.append(("kmeans", _tagged(xmaps.kmeans_map(embedding.output, k).layer_data(), suffix, random)))
     if maps.get("mask"):
-        layers.append(("mask", tissue_mask_layer(path, settings.mpp_override)))
+        layers.append(("mask", xmaps.tissue_map(path, settings.mpp_override).layer_data()))
     if maps.get("grid"):
         layers.append(("grid", patch_grid_layer(data, suffix)))
     return embedding, layers
@@ -293,43 +291,16 @@ def _tagged(layer_data: tuple, suffix: str, random: bool) -> tuple:
     return data, kwargs, kind
 
 
-def tissue_mask_layer(path: str, mpp_override: float | None = None) -> tuple[Any, dict[str, Any], str]:
-    """The tissue mask as a Labels tuple: mask pixel ``i`` centred at
-    ``((i + 0.5) * downsample - 0.5) * mpp`` µm, i.e. over the level-0 pixels it stands for."""
-    from napari_xmag.slide import Slide
-    from napari_xmag.tiling import tissue_mask
-
-    with Slide(path, mpp=mpp_override) as slide:
-        mask = tissue_mask(slide)
-        mpp_y, mpp_x = slide.mpp_y, slide.mpp_x
-        name = slide.name
-    ds = mask.downsample
-    kwargs = {
-        "name": f"{name} tissue mask",
-        "scale": (ds * mpp_y, ds * mpp_x),
-        "translate": ((0.5 * ds - 0.5) * mpp_y, (0.5 * ds - 0.5) * mpp_x),
-        "units": ("um", "um"),
-        "opacity": 0.35,
-        "colormap": {None: [0, 0, 0, 0], 0: [0, 0, 0, 0], 1: MASK_COLOUR},
-        "metadata": {"tissue_mask": {"downsample": ds, "mpp": mask.mpp, "slide_path": path,
-                                     "tissue_fraction": mask.tissue_fraction}},
-    }
-    return mask.mask.astype(np.uint8), kwargs, "labels"
-
-
 def patch_grid_rectangles(coords: np.ndarray, size_level0: float, slide_mpp: float) -> np.ndarray:
     """(N, 2, 2) rectangles (µm, [[y0, x0], [y1, x1]]): patch at level-0 ``x`` spans
     ``(x - 0.5) * mpp .. (x + size - 0.5) * mpp``."""
     xy = np.asarray(coords, np.float64).reshape(-1, 2)
-    lo = (xy - 0.5) * slide_mpp
-    hi = (xy + size_level0 - 0.5) * slide_mpp
+    lo, hi = level0_to_um(xy, slide_mpp), level0_to_um(xy + size_level0, slide_mpp)
     return np.stack([lo[:, ::-1], hi[:, ::-1]], axis=1)
 
 
 def patch_grid_layer(data: Any, suffix: str = "") -> tuple[Any, dict[str, Any], str]:
     """The embedded patches as a Shapes tuple of rectangles, edges only."""
-    from napari_xmag.maps import grid_for_features
-
     grid = grid_for_features(data)
     rects = patch_grid_rectangles(data.coords, grid.patch_x, grid.slide_mpp)
     name = str(data.coords_attrs.get("name") or Path(str(data.attrs.get("slide_path", ""))).stem)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, Table
+from napari.layers import Points, Shapes
 
 from napari_xmag import magnification
 from napari_xmag._widgets._common import slide_layers
@@ -76,7 +77,6 @@ class MagnificationExplorer(Container):
         return slide_layers(self._viewer, ROLE)
 
     def _sources(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        from napari.layers import Points, Shapes
 
         layers = [
             (f"{layer.name} ({type(layer).__name__.lower()})", layer)
@@ -155,8 +155,6 @@ class MagnificationExplorer(Container):
         self, slide_explorer: magnification.SlideExplorer, translate: tuple[float, float]
     ) -> magnification.FieldOfView:
         """The field from the chosen source, as µm relative to the slide layer."""
-        from napari.layers import Shapes
-
         source = self._source_edit.value
         slide = slide_explorer.slide
         size = self._fov_edit.value

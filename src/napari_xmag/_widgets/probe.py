@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from napari.layers import Labels, Points
 
 from napari_xmag import fewshot
 from napari_xmag._atomic import OutputExistsError
@@ -78,7 +79,6 @@ class ProbeWidget(Container):
         return slide_layers(self._viewer, ROLE, "xmag_map", "xmag-inference")
 
     def _annotation_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        from napari.layers import Labels, Points
 
         return [
             (f"{layer.name} ({type(layer).__name__.lower()})", layer)
@@ -187,8 +187,6 @@ class ProbeWidget(Container):
     # ---- wiring helpers -----------------------------------------------------------------
     def _annotations(self, slide_layer: Any, annotations: Any) -> dict[str, Any]:
         """The annotations in the slide's frame (µm, relative to the slide layer)."""
-        from napari.layers import Labels
-
         offset = slide_offset(slide_layer)
         if isinstance(annotations, Labels):
             data = annotations.data[0] if annotations.multiscale else annotations.data

@@ -65,7 +65,6 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
     """Adjusted Rand index of two labelings: 1 for the same partition, ~0 for unrelated ones."""
-
     return float(adjusted_rand_score(a, b))
 
 
@@ -97,7 +96,6 @@ def ridge_map(
     model; alpha is picked by leave-one-out CV over :data:`RIDGE_ALPHAS`, or fixed at
     :data:`RIDGE_FIXED_ALPHA` with fewer than :data:`RIDGE_MIN_CV` training rows.
     """
-
     train = np.asarray(train, bool)
     if int(train.sum()) >= RIDGE_MIN_CV:
         reg: Any = RidgeCV(alphas=RIDGE_ALPHAS)

@@ -168,7 +168,6 @@ def report_rows(report: dict[str, Any]) -> dict[str, str]:
 def matched_labels(student: np.ndarray, teacher: np.ndarray) -> np.ndarray:
     """Teacher cluster ids renamed to the student clusters they overlap most (one to one), so the
     two clusterings can be compared by colour."""
-
     k = int(max(student.max(initial=0), teacher.max(initial=0))) + 1
     overlap = np.zeros((k, k), np.int64)
     np.add.at(overlap, (teacher, student), 1)
@@ -208,7 +207,9 @@ def cosine_map(comparison: ComparisonResult | str | os.PathLike[str], features: 
         header = features_header(features)
         theirs = str(header.coords_attrs.get("name") or Path(str(header.attrs.get("slide_path", ""))).stem)
         if theirs and theirs != meta["slide_name"]:
-            raise MapError(f"the comparison is of slide {meta['slide_name']!r}, the features file of {theirs!r}")
+            raise MapError(
+                f"the comparison is of slide {meta['slide_name']!r}, the features file of {theirs!r}"
+            )
     return make_map(data, grid, "cosine", f"{meta['slide_name']} cosine", meta)
 
 
@@ -234,7 +235,6 @@ def write_comparison(result: ComparisonResult, *, overwrite: bool = False) -> Pa
     ``report.json`` goes last and is removed first, so a folder with a report has the arrays
     that belong to it.
     """
-
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result.report, indent=2, allow_nan=False)
@@ -251,7 +251,6 @@ def write_comparison(result: ComparisonResult, *, overwrite: bool = False) -> Pa
 
 def read_comparison(out_dir: str | os.PathLike[str]) -> ComparisonResult:
     """Read a folder written by :func:`compare_slide` back into a :class:`ComparisonResult`."""
-
     out = Path(out_dir)
     report_path, arrays_path = out / REPORT_NAME, out / ARRAYS_NAME
     if not report_path.is_file() or not arrays_path.is_file():

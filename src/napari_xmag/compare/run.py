@@ -297,7 +297,7 @@ def _global_head(model: Any) -> Any:
 
 def _apply_head(student: Any, features: np.ndarray) -> np.ndarray:
     """The student's global head on its CLS token (the first ``width`` columns of its embedding)."""
-    import torch
+    import torch  # the models' library: imported with the models, not with this module
 
     head = _global_head(student)
     param = next(head.parameters())

@@ -179,7 +179,6 @@ def build_teacher_cache(
     absent or complete. An existing ``path`` is an error: delete it to rebuild. ``images=False``
     stores the teacher targets only.
     """
-
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} exists; delete it to rebuild the teacher cache")

@@ -47,7 +47,6 @@ class CheckpointError(ValueError):
 def is_checkpoint(path: Path) -> bool:
     """True for a checkpoint :func:`save_checkpoint` wrote: a torch zip whose pickle (the
     structure, small; the tensors are separate entries) names our format. Never raises."""
-
     try:
         if not path.is_file() or not zipfile.is_zipfile(path):
             return False
@@ -109,7 +108,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The state a checkpoint holds, read with ``weights_only=True``: a checkpoint carrying code is
     refused in one line (:class:`CheckpointError`), never unpickled."""
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint to resume from")

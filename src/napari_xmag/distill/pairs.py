@@ -1,7 +1,7 @@
 """Training pairs: a 5x student image and the 4x4 teacher crops of the same field of view.
 
-The pairs of a set of slides are the 5x tissue grid of each slide (``patch_grid`` at the
-student mpp, with a stride for overlap) and its pairing geometry (``pair_geometry``): the
+The pairs of a set of slides are the 5x tissue grid of each slide and its pairing geometry
+(:func:`napari_xmag.tiling.slide_pairs`, with a stride for overlap): the
 student sees a 224 px patch at 2.0 µm/px, the teacher the same 448 µm field as a 896 px
 region at 0.5 µm/px cut into 16 crops of 224 px, row-major.
 
@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..slide import MissingMppError, Slide, parse_mpp
+from ..slide import Slide, parse_mpp
 from ..slide_list import SlideEntry, SlideListError, find_slides
-from ..tiling import PairGeometry, pair_geometry, patch_grid, tissue_mask
+from ..tiling import PairGeometry, slide_pairs
 from .augment import View, apply_view, draw_views, grey_level, view_rng
 
 __all__ = [
@@ -121,16 +121,14 @@ class PairIndex:
         geometries, slide_numbers, coords = [], [], []
         for number, entry in enumerate(slides):
             with Slide(entry.path, mpp=entry.mpp_override) as slide:
-                if slide.mpp is None:
-                    raise MissingMppError(
-                        f"{entry.path}: the slide records no µm per pixel, so its 5x and 20x fields"
-                        " cannot be paired; give it an mpp_override (a column of the slide CSV)"
-                    )
-                grid = patch_grid(
-                    slide, settings.student_mpp, settings.patch_size, settings.stride,
-                    settings.min_tissue, tissue_mask(slide),
+                slide.require_mpp("its 5x and 20x fields cannot be paired (give it an mpp_override: a"
+                                  " column of the slide CSV)")
+                paired = slide_pairs(
+                    slide, settings.student_mpp, settings.teacher_mpp, settings.patch_size,
+                    settings.crop_size, settings.stride, settings.min_tissue,
                 )
-                geometries.append(pair_geometry(grid, slide, settings.teacher_mpp, settings.crop_size))
+                grid = paired.grid
+                geometries.append(paired.pairs)
             slide_numbers.append(np.full(len(grid), number, np.int32))
             coords.append(grid.coords.astype(np.int64))
         return cls(

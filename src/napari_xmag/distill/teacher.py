@@ -40,9 +40,8 @@ def embed_crops(
     """
     lead = crops.shape[:-3]
     flat = crops.reshape(-1, *crops.shape[-3:])
-    out = []
     with torch.inference_mode(), autocast(teacher.device, amp_dtype):
-        for start in range(0, len(flat), chunk):
-            out.append(teacher.embed(teacher.preprocess(flat[start : start + chunk])).float())
+        out = [teacher.embed(teacher.preprocess(flat[start : start + chunk])).float()
+               for start in range(0, len(flat), chunk)]
     cls = torch.cat(out) if out else torch.zeros(0, teacher.embed_dim, device=teacher.device)
     return cls.reshape(*lead, cls.shape[-1]).clone()

@@ -44,9 +44,9 @@ __all__ = [
     "ATTENTION_KIND",
     "AttentionFileError",
     "AttentionMap",
-    "attention_values",
     "attention_attrs",
     "attention_path",
+    "attention_values",
     "read_attention",
     "write_attention",
 ]
@@ -108,7 +108,6 @@ def attention_path(out_dir: str | os.PathLike[str], stem: str) -> Path:
 
 def write_attention(path: str | os.PathLike[str], data: AttentionMap, *, overwrite: bool = False) -> Path:
     """Write one slide's attention file atomically (temporary sibling, then rename)."""
-
     path = Path(path)
     n = len(data.coords)
     if data.attention.shape != (n,) or data.logits.shape != (n,):
@@ -153,14 +152,18 @@ def read_attention(path: str | os.PathLike[str], *, ours: bool = True) -> Attent
             raise AttentionFileError(f"{path}: not a readable attention file ({err})") from None
 
 
-def attention_values(path: str | os.PathLike[str], values: str = "percentile") -> tuple[np.ndarray, np.ndarray]:
+def attention_values(
+    path: str | os.PathLike[str], values: str = "percentile"
+) -> tuple[np.ndarray, np.ndarray]:
     """(coords, values) of an attention file, for a map: ``"percentile"`` (each patch's rank in
     [0, 1]; softmax weights shrink with the bag, ranks do not), ``"attention"`` or ``"logits"``."""
     if values not in VALUES:
         raise ValueError(f"attention values are {', '.join(VALUES)}, not {values!r}")
     data = read_attention(path, ours=False)
     if len(data.coords) != len(data.attention):
-        raise AttentionFileError(f"{path}: {len(data.coords)} coords but {len(data.attention)} attention values")
+        raise AttentionFileError(
+            f"{path}: {len(data.coords)} coords but {len(data.attention)} attention values"
+        )
     if values == "percentile":
         return data.coords, data.percentiles().astype(np.float64)
     return data.coords, np.asarray(data.attention if values == "attention" else data.logits, np.float64)

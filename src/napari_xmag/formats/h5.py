@@ -38,7 +38,6 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 @contextmanager
 def open_h5(path: str | os.PathLike[str], error: type[Exception], what: str = "file") -> Iterator[Any]:
     """``h5py.File(path, "r")`` for a regular file that is HDF5; ``error`` naming it otherwise."""
-
     path = Path(path)
     problem = file_problem(path)
     if problem:
@@ -64,8 +63,8 @@ def dataset_problem(dset: Any, factor: float = 1.0) -> str | None:
         filters = dset.id.get_create_plist().get_nfilters()
         limit = nbytes / MAX_COMPRESSION if filters else nbytes
         if stored < limit:
-            return (f"declares {tuple(dset.shape)} {dset.dtype} ({format_size(nbytes)}) but the file holds only"
-                    f" {format_size(stored)} of it (unwritten or damaged)")
+            return (f"declares {tuple(dset.shape)} {dset.dtype} ({format_size(nbytes)}) but the file holds"
+                    f" only {format_size(stored)} of it (unwritten or damaged)")
     budget = too_big(nbytes * factor)
     if budget:
         return f"declares {tuple(dset.shape)} {dset.dtype} ({format_size(nbytes)}): {budget}"
@@ -74,7 +73,6 @@ def dataset_problem(dset: Any, factor: float = 1.0) -> str | None:
 
 def dataset(group: Any, key: str, path: Path, error: type[Exception], factor: float = 1.0) -> Any:
     """``group[key]`` as a dataset that is safe to read; ``error`` naming the file otherwise."""
-
     if key not in group:
         raise error(f"{path}: no '{key}' dataset")
     dset = group.get(key, getlink=False)

@@ -31,18 +31,14 @@ def store_problem(path: str | os.PathLike[str]) -> str | None:
     try:
         if path.is_symlink() or not path.is_dir():
             return "is not a folder (a zarr store is one)"
-        seen = 0
-        for root, dirs, files in os.walk(path):
-            for name in (*dirs, *files):
-                seen += 1
-                if seen > MAX_ENTRIES:
-                    return f"holds more than {MAX_ENTRIES:,} files"
-                mode = os.lstat(os.path.join(root, name)).st_mode
-                if stat.S_ISLNK(mode):
-                    rel = os.path.relpath(os.path.join(root, name), path)
-                    return f"holds a link ({rel}), which napari-xmag does not follow"
-                if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                    return f"holds a special file ({os.path.relpath(os.path.join(root, name), path)})"
+        for seen, entry in enumerate(path.rglob("*"), start=1):  # rglob does not follow links
+            if seen > MAX_ENTRIES:
+                return f"holds more than {MAX_ENTRIES:,} files"
+            mode = entry.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                return f"holds a link ({entry.relative_to(path)}), which napari-xmag does not follow"
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                return f"holds a special file ({entry.relative_to(path)})"
     except OSError as err:
         return f"cannot be read ({err.strerror or err})"
     return None
@@ -50,7 +46,6 @@ def store_problem(path: str | os.PathLike[str]) -> str | None:
 
 def open_group(path: str | os.PathLike[str], error: type[Exception], what: str = "zarr store") -> Any:
     """The root group of a store that passed :func:`store_problem`, read-only."""
-
     path = Path(path)
     problem = store_problem(path)
     if problem:
@@ -68,7 +63,6 @@ def array(group: Any, key: str, path: Path, error: type[Exception], factor: floa
     ``min_written``: the fraction of its chunks that must be on disk (a map may leave empty
     chunks unwritten; feature arrays never do).
     """
-
     if key not in group:
         raise error(f"{path}: no '{key}' array")
     arr = group[key]
@@ -82,7 +76,8 @@ def array(group: Any, key: str, path: Path, error: type[Exception], factor: floa
         )
     budget = too_big(nbytes * factor)
     if budget:
-        raise error(f"{path}: '{key}' declares {tuple(arr.shape)} {arr.dtype} ({format_size(nbytes)}): {budget}")
+        declared = f"{tuple(arr.shape)} {arr.dtype} ({format_size(nbytes)})"
+        raise error(f"{path}: '{key}' declares {declared}: {budget}")
     return arr
 
 

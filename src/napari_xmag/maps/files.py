@@ -42,7 +42,7 @@ def is_map_file(path: str | os.PathLike[str]) -> bool:
 
 
 def map_layers(path: str | os.PathLike[str]) -> list[tuple[Any, dict[str, Any], str]]:
-    """napari layer data tuples of a map file, with the scale/translate (µm) that put them on the slide."""
+    """Napari layer data tuples of a map file, with the scale/translate (µm) that put them on the slide."""
     if is_map_zarr(path):
         return [m.layer_data() for m in read_ome_zarr(path)]
     return [geojson_layer_data(path)]

@@ -31,6 +31,8 @@ from shapely.geometry import MultiPolygon, mapping, shape
 from .._atomic import OutputKind, atomic_path
 from .._memory import too_big
 from .._paths import file_problem
+from .._values import positive_float
+from ..slide import level0_to_um
 from .grid import MapGrid
 from .slide_map import MapFileError, SlideMap, WriterError, label_colors
 
@@ -66,7 +68,6 @@ def map_grid(m: SlideMap) -> MapGrid:
 
 def label_polygons(m: SlideMap) -> dict[int, Any]:
     """Each non-zero label's exact (Multi)Polygon in level-0 px (shapely), keyed by label."""
-
     if m.data.ndim != 2 or not np.issubdtype(m.data.dtype, np.integer):
         raise WriterError(
             f"{m.name}: GeoJSON is written from 2D integer labels, not {m.data.dtype} {m.data.shape}"
@@ -98,7 +99,6 @@ def _polygons(geom: Any) -> list[Any]:
 
 def labels_to_geojson(m: SlideMap, split: str = "class") -> dict[str, Any]:
     """The FeatureCollection of a label map (see the module docstring)."""
-
     if split not in SPLITS:
         raise WriterError(f"split must be one of {SPLITS}, not {split!r}")
     if not m.metadata.get("slide_mpp"):
@@ -200,17 +200,6 @@ def is_map_geojson(path: str | os.PathLike[str]) -> bool:
 GEOJSON_KIND = OutputKind("GeoJSON map", is_map_geojson)
 
 
-def _positive(value: Any) -> float | None:
-    """A positive finite number, or None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
-
-
 def _color(value: Any) -> list[int]:
     """An RGB triple in 0..255 from a QuPath colour (a list of numbers); yellow otherwise."""
     if isinstance(value, list) and len(value) >= 3 and all(_number(c) for c in value[:3]):
@@ -229,18 +218,17 @@ def read_geojson(path: str | os.PathLike[str]) -> Annotations:
     not JSON, no ``xmag`` member with a positive slide µm/px, a feature that is not a
     (Multi)Polygon. Optional members that are malformed (a colour, a label) get defaults.
     """
-
     p = Path(path)
     if not is_map_geojson(p):
         raise MapFileError(f"{p}: not a napari-xmag GeoJSON (no xmag member with the slide µm/px)")
     try:
         data = _load(p)
         info = dict(data["xmag"])
-        info["slide_mpp"] = mpp = _positive(info.get("slide_mpp"))
+        info["slide_mpp"] = mpp = positive_float(info.get("slide_mpp"))
         if mpp is None:
             mpp = data["xmag"]["slide_mpp"]
             raise MapFileError(f"{p}: the slide µm/px ({mpp!r}) is not a positive number")
-        info["cell_area_level0"] = _positive(info.get("cell_area_level0"))
+        info["cell_area_level0"] = positive_float(info.get("cell_area_level0"))
         if not isinstance(info.get("metadata"), dict):
             info["metadata"] = {}
         features = data.get("features")
@@ -297,7 +285,7 @@ def geojson_layer_data(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], 
     for geom, cls, rgb, label in zip(ann.geometries, ann.classes, ann.colors, ann.labels, strict=True):
         for poly in _polygons(geom):
             xy = polygon_vertices(poly)
-            shapes.append(((xy[:, ::-1]) - 0.5) * mpp)
+            shapes.append(level0_to_um(xy, mpp)[:, ::-1])  # napari draws (y, x)
             classes.append(cls)
             labels.append(label)
             color = [c / 255 for c in rgb]

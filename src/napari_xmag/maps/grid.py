@@ -30,6 +30,7 @@ import numpy as np
 
 from .._values import positive_float
 from ..features import FeatureHeader, FeatureSet
+from ..slide import level0_to_um, um_to_level0
 
 __all__ = [
     "GRID_TOLERANCE",
@@ -97,11 +98,8 @@ class MapGrid:
         Level-0 pixel ``x`` is centred at ``x * mpp``, so its left edge is at ``(x - 0.5) * mpp``;
         cell 0 starts at level-0 ``x0`` and its centre is half a cell further.
         """
-        mpp = self.slide_mpp
-        return (
-            (self.y0 - 0.5 + 0.5 * self.step_y) * mpp,
-            (self.x0 - 0.5 + 0.5 * self.step_x) * mpp,
-        )
+        x, y = level0_to_um([self.x0 + 0.5 * self.step_x, self.y0 + 0.5 * self.step_y], self.slide_mpp)
+        return (float(y), float(x))
 
     def cells(self, coords: np.ndarray, what: str = "coords") -> tuple[np.ndarray, np.ndarray]:
         """Row and column of the cell at each patch's top-left corner; off-grid coords refused."""
@@ -144,9 +142,9 @@ class MapGrid:
     ) -> MapGrid:
         """The grid of a layer drawn with napari ``scale``/``translate`` (µm) over a slide."""
         step_y, step_x = (float(s) / slide_mpp for s in scale[-2:])
-        ty, tx = (float(t) / slide_mpp for t in translate[-2:])
+        cx, cy = um_to_level0([float(translate[-1]), float(translate[-2])], slide_mpp)  # cell (0, 0)'s centre
         return cls(
-            x0=tx + 0.5 - 0.5 * step_x, y0=ty + 0.5 - 0.5 * step_y, step_x=step_x, step_y=step_y,
+            x0=float(cx - 0.5 * step_x), y0=float(cy - 0.5 * step_y), step_x=step_x, step_y=step_y,
             patch_x=step_x, patch_y=step_y, rows=int(shape[-2]), cols=int(shape[-1]),
             slide_mpp=float(slide_mpp),
         )
@@ -189,7 +187,7 @@ def build_grid(
         raise MapError("the slide's level-0 µm/px is unknown; a map cannot be placed on it")
     sx = _axis_step(coords[:, 0], step_hint)
     sy = _axis_step(coords[:, 1], step_hint)
-    fallback = step_hint if step_hint else float(patch_size_level0)
+    fallback = step_hint or float(patch_size_level0)
     step_x = sx if sx is not None else (sy if sy is not None else fallback)
     step_y = sy if sy is not None else step_x
     x0, y0 = float(coords[:, 0].min()), float(coords[:, 1].min())
@@ -202,13 +200,16 @@ def build_grid(
                    float(slide_mpp))
 
 
-def grid_for_features(data: FeatureSet | FeatureHeader, slide_mpp: float | None = None, what: str = "features") -> MapGrid:
+def grid_for_features(
+    data: FeatureSet | FeatureHeader, slide_mpp: float | None = None, what: str = "features"
+) -> MapGrid:
     """The map grid of a features file, from its ``coords`` attributes (ours or TRIDENT's).
 
     ``slide_mpp`` overrides the file's ``slide_mpp`` (TRIDENT files do not record it).
     """
     ca, attrs = data.coords_attrs, data.attrs
-    base = positive_float(slide_mpp) or positive_float(attrs.get("slide_mpp")) or positive_float(ca.get("slide_mpp"))
+    given = (slide_mpp, attrs.get("slide_mpp"), ca.get("slide_mpp"))
+    base = next(filter(None, map(positive_float, given)), None)
     if base is None:
         raise MapError(
             f"{what}: the file records no slide µm/px (slide_mpp); pass the slide's level-0 µm/px"
@@ -235,7 +236,9 @@ def grid_for_features(data: FeatureSet | FeatureHeader, slide_mpp: float | None 
 
 
 # ---- rasters --------------------------------------------------------------------------------
-def _cover(grid: MapGrid, rows: np.ndarray, cols: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+def _cover(
+    grid: MapGrid, rows: np.ndarray, cols: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
     """(flat cell index, distance of the patch centre to the cell centre in steps) per covered cell."""
     span_y, span_x = grid.span
     half_y, half_x = grid.patch_y / grid.step_y / 2, grid.patch_x / grid.step_x / 2

@@ -23,7 +23,7 @@ from ..features import FeatureFileError, FeatureHeader, FeatureSet, read_feature
 from ..slide import Slide
 from ..tiling import tissue_mask
 from .grid import MapError, MapGrid, grid_for_features, rasterize_labels, rasterize_mean
-from .probes import load_probe, predict, probe_classes
+from .probes import ProbeFileError, load_probe, predict, probe_classes
 from .slide_map import KINDS, MAP_FORMAT, MAP_FORMAT_VERSION, SlideMap, base_metadata, label_colors, make_map
 
 __all__ = [
@@ -54,10 +54,11 @@ class _FileKey(NamedTuple):
     size: int
 
 
-def _file_key(path: str | os.PathLike[str], what: str = "features file") -> _FileKey:
+def _file_key(path: str | os.PathLike[str], what: str = "features file",
+              error: type[Exception] = FeatureFileError) -> _FileKey:
     p = Path(path)
     if not p.exists():
-        raise FeatureFileError(f"{p}: no such {what}")
+        raise error(f"{p}: no such {what}")
     st = p.stat()
     if p.is_dir():  # a zarr store: its newest entry
         mtimes = [st.st_mtime_ns] + [q.stat().st_mtime_ns for q in p.rglob("*")]
@@ -70,7 +71,6 @@ Source = str | os.PathLike[str] | FeatureSet
 
 def _fit_pca(features: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
     """(N, 3) first three principal components, each robust-scaled by its percentiles to [0, 1]."""
-
     x = np.asarray(features, np.float64)
     n_comp = min(3, x.shape[0], x.shape[1])
     out = np.zeros((len(x), 3))
@@ -87,7 +87,6 @@ def kmeans_labels(features: np.ndarray, k: int = 8, seed: int = 0) -> np.ndarray
     :data:`KMEANS_MAX_FIT` patches (a seeded subsample), then every patch is assigned to its
     nearest centre. K is capped at the number of patches. The one k-means of the package: maps,
     the comparison and its widget all use it."""
-
     if k < 1:
         raise MapError(f"k-means needs at least 1 cluster, got {k}")
     x = np.asarray(features, np.float64)
@@ -112,7 +111,8 @@ def _fitted(key: _FileKey, kind: str, params: tuple[tuple[str, Any], ...]) -> np
     data = read_features(key.path)
     if kind == "probe":
         given = dict(params)
-        values = predict(load_probe(given["probe"], trust_pickle=given["trust_pickle"]), data.features, key.path)
+        probe = load_probe(given["probe"], trust_pickle=given["trust_pickle"])
+        values = predict(probe, data.features, key.path)
     else:
         values = _FITTERS[kind](data.features, **dict(params))
     values.flags.writeable = False  # shared by every render
@@ -218,7 +218,7 @@ def probe_maps(
         if isinstance(source, FeatureSet):
             prob = predict(probe_obj, source.features, "features")
         else:  # cached per (features file, probe file) versions
-            key = _file_key(probe, "probe file")
+            key = _file_key(probe, "probe file", ProbeFileError)
             prob = _patch_values(source, "probe", probe=key.path, probe_mtime=key.mtime_ns,
                                  trust_pickle=trust_pickle)
     else:  # an in-memory object may be refitted in place: never cached
@@ -304,7 +304,6 @@ def make_maps(
 def tissue_map(slide_path: str | os.PathLike[str], mpp_override: float | None = None) -> SlideMap:
     """The slide's tissue mask as a label map (1 = tissue): the one tissue layer of the demo and
     the inference widget. Mask pixel ``i`` covers level-0 ``[i * ds, (i + 1) * ds)``."""
-
     slide_path = Path(slide_path)
     with Slide(slide_path, mpp=mpp_override) as slide:
         slide_mpp = slide.require_mpp("a tissue mask cannot be placed on it")

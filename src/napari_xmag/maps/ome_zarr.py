@@ -35,11 +35,14 @@ import zarr
 
 from .._atomic import OutputKind, atomic_path, read_small_json
 from .._memory import format_size
+from .._values import positive_float
 from ..formats import zarr as zarr_store
 from .grid import MapGrid
 from .slide_map import LABEL_KINDS, MAP_FORMAT, MapFileError, SlideMap, WriterError
 
-__all__ = ["MAP_STORE_KIND", "MAX_MAP_CELLS", "NGFF_VERSION", "is_map_zarr", "read_ome_zarr", "write_ome_zarr"]
+__all__ = [
+    "MAP_STORE_KIND", "MAX_MAP_CELLS", "NGFF_VERSION", "is_map_zarr", "read_ome_zarr", "write_ome_zarr",
+]
 
 NGFF_VERSION = "0.4"
 CHUNK = 256
@@ -329,8 +332,9 @@ def _map_from_group(group: Any, path: Path, sub: str) -> SlideMap:
     cells = int(np.prod(level0.shape, dtype=np.float64))
     if cells > MAX_MAP_CELLS:
         raise MapFileError(
-            f"{where}: level 0 declares {tuple(level0.shape)} cells ({format_size(cells * level0.dtype.itemsize)}),"
-            f" more than a map of any slide holds ({MAX_MAP_CELLS:,} cells): the store is damaged"
+            f"{where}: level 0 declares {tuple(level0.shape)} cells"
+            f" ({format_size(cells * level0.dtype.itemsize)}), more than a map of any slide holds"
+            f" ({MAX_MAP_CELLS:,} cells): the store is damaged"
         )
 
     data = zarr_store.read(group, "0", path, MapFileError, factor=4.0)  # RGBA and colour copies
@@ -365,11 +369,10 @@ def _map_from_group(group: Any, path: Path, sub: str) -> SlideMap:
     spatial = tuple(data.shape[:2] if rgb else data.shape[-2:])
     if grid is not None and grid.shape != spatial:
         raise MapFileError(f"{where}: level 0 is {spatial} cells but its grid is {grid.shape}: damaged")
-    mpp = meta.get("slide_mpp")
-    valid_mpp = isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and np.isfinite(mpp) and mpp > 0
-    if not valid_mpp:
+    mpp = positive_float(meta.get("slide_mpp")) if isinstance(meta.get("slide_mpp"), (int, float)) else None
+    if mpp is None:
         meta.pop("slide_mpp", None)
-    if grid is None and valid_mpp:
+    if grid is None and mpp is not None:
         grid = MapGrid.from_transform(scale, translate, float(mpp), spatial)
     name = str(info.get("name") or path.stem)
     return SlideMap(data=data, scale=scale, translate=translate, kind=kind, name=name, metadata=meta,

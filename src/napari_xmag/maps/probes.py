@@ -98,7 +98,8 @@ def save_probe(
         raise MapError(f"{type(clf).__name__} is not a linear probe; save it with joblib (.joblib)")
     names = [str(c) for c in (classes if classes is not None else clf.classes_)]
     path = Path(path)
-    with atomic_path(path, PROBE_KIND, overwrite=overwrite) as tmp, tmp.open("wb") as fh:  # savez adds no .npz
+    # a file object: savez adds no .npz to the temporary's name
+    with atomic_path(path, PROBE_KIND, overwrite=overwrite) as tmp, tmp.open("wb") as fh:
         np.savez(fh, format=PROBE_FORMAT, coef=coef, intercept=intercept, mean=mean, scale=scale,
                  classes=np.asarray(names))
     return path
@@ -138,7 +139,7 @@ def load_probe(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> A
     path = Path(path)
     problem = file_problem(path, max_bytes=MAX_PROBE_BYTES)
     if problem:
-        raise ProbeFileError(f"{path}: no such probe file" if problem == "no such file" else f"{path}: {problem}")
+        raise ProbeFileError(f"{path}: {'no such probe file' if problem == 'no such file' else problem}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -172,7 +173,6 @@ def load_probe(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> A
 
 def _load_skops(path: Path) -> Any:
     """A skops file whose types skops trusts by default; its untrusted types are named otherwise."""
-
     untrusted = skops.io.get_untrusted_types(file=path)
     if untrusted:
         shown = ", ".join(untrusted[:5]) + (f" and {len(untrusted) - 5} more" if len(untrusted) > 5 else "")
@@ -223,7 +223,6 @@ def fit_linear_probe(
     ``labels`` (N,) are any sortable values; the probe's classes are their distinct values in
     sorted order, named by ``class_names`` (one per distinct label) or by ``str(label)``.
     """
-
     x = np.asarray(features, np.float64)
     y = np.asarray(labels)
     if len(np.unique(y)) < 2:

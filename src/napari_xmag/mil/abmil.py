@@ -124,7 +124,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
-    """n / (K * count_c): each class weighs the same in the loss (sklearn's "balanced")."""
+    """N / (K * count_c): each class weighs the same in the loss (sklearn's "balanced")."""
     counts = np.bincount(np.asarray(y), minlength=n_classes).astype(np.float64)
     weights = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
@@ -207,10 +207,10 @@ ABMIL_KIND = OutputKind("ABMIL head", _is_abmil_file)
 
 
 def save_abmil(
-    model: ABMIL, path: str | os.PathLike[str], classes: Sequence[str] | None = None, *, overwrite: bool = False
+    model: ABMIL, path: str | os.PathLike[str], classes: Sequence[str] | None = None, *,
+    overwrite: bool = False,
 ) -> Path:
     """Write the head as safetensors, its config (and class names) in the file's metadata."""
-
     path = Path(path)
     metadata = {"format": ABMIL_FORMAT, "config": json.dumps(model.config),
                 "classes": json.dumps(list(classes or []))}
@@ -222,7 +222,6 @@ def save_abmil(
 
 def load_abmil(path: str | os.PathLike[str], device: str = "cpu") -> tuple[ABMIL, list[str]]:
     """A head written by :func:`save_abmil`, in eval mode, and its class names."""
-
     with safe_open(str(path), framework="pt") as f:
         metadata: dict[str, Any] = f.metadata() or {}
     if metadata.get("format") != ABMIL_FORMAT:

@@ -202,7 +202,6 @@ def stratified_folds(
     patches of one slide are all in the same fold. Too few samples for ``folds`` is a
     :class:`MILError` rather than scikit-learn's warning and folds without a class.
     """
-
     y = np.asarray(y)
     if folds < 2:
         raise MILError(f"cross-validation needs at least 2 folds, not {folds}")

@@ -74,7 +74,7 @@ def cross_validate_abmil(
     Fold ``k`` trains with seed ``seed + k``; every slide is predicted, and its attention
     taken, by the model of the fold that held it out.
     """
-    from .abmil import ABMILSettings, predict_bag, train_abmil
+    from .abmil import ABMILSettings, predict_bag, train_abmil  # torch: probes and reports need none
 
     settings = settings or ABMILSettings()
     y = np.asarray(y, np.int64)
@@ -171,7 +171,7 @@ def run_eval(
     Files already at the outputs' names that are not ours (``report.json``, ``attention/*.h5``,
     ``abmil/fold*.safetensors``) are refused before any work, unless ``overwrite``.
     """
-    from .abmil import ABMIL_KIND, ABMILSettings, save_abmil, settings_dict
+    from .abmil import ABMIL_KIND, ABMILSettings, save_abmil, settings_dict  # torch, as above
 
     if method not in METHODS:
         raise MILError(f"method must be one of {METHODS}, not {method!r}")

@@ -182,7 +182,6 @@ def finetune_cv(
     Writes ``OUT/fold<k>/student/`` (``save_model``: loadable with ``create_model``),
     ``OUT/fold<k>/abmil.safetensors``, ``OUT/attention/<slide>.h5`` and ``OUT/report.json``.
     """
-
     settings = settings or FinetuneSettings()
     say = log or (lambda _: None)
     out_dir = Path(out_dir)
@@ -200,9 +199,10 @@ def finetune_cv(
             raise MILError(f"the student's heads predict {student.heads['global'].out_dim}-d targets,"
                            f" the teacher {teacher.name} gives {teacher.embed_dim}-d")
         cache = Path(teacher_cache) if teacher_cache else out_dir / "teacher_cache"
-        pair_settings = PairSettings(student_mpp=settings.mpp, teacher_mpp=settings.teacher_mpp,
-                                     patch_size=settings.patch_size, crop_size=bags[0].crop_size if bags else 224,
-                                     min_tissue=settings.tissue_threshold)
+        pair_settings = PairSettings(
+            student_mpp=settings.mpp, teacher_mpp=settings.teacher_mpp, patch_size=settings.patch_size,
+            crop_size=bags[0].crop_size if bags else 224, min_tissue=settings.tissue_threshold,
+        )
         for bag in bags:
             index = slide_index(bag.path, bag.coords, bag.pairs, pair_settings, settings.mpp_override)
             bag.targets = cache_teacher_targets(index, bag.stem, teacher, cache,
@@ -258,7 +258,6 @@ def finetune_cv(
 def _check_outputs(out_dir: Path, stems: Sequence[str], folds: int, overwrite: bool) -> None:
     """Before any work: a finished run of ours is replaced only with ``overwrite``, and files of
     the outputs' names that are not ours are refused (unless ``overwrite``)."""
-
     targets = [(out_dir / "report.json", FINETUNE_REPORT_KIND)]
     for k in range(folds):
         targets += [(out_dir / f"fold{k}" / "student", MODEL_FOLDER_KIND),
@@ -308,7 +307,6 @@ def _initial_features(
     bags: Sequence[SlideBag], student: Any, settings: FinetuneSettings, seed: int
 ) -> list[np.ndarray]:
     """The untrained student's embeddings of up to ``max_patches`` random patches per slide."""
-
     rng = np.random.default_rng(seed)
     out = []
     for bag in bags:
@@ -328,7 +326,6 @@ def _predict_held_out(
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Embed every patch of each held-out slide with the fold's student; fill ``prob`` and
     return each slide's (attention weights, logits)."""
-
     attention = {}
     for i in test:
         bag = bags[i]
@@ -401,7 +398,6 @@ def run_finetune(
 
     ``tiny`` builds the registry's small test configurations (with random weights).
     """
-
     settings = settings or FinetuneSettings()
     table = read_labels(csv)
     if table.kind != "slide":

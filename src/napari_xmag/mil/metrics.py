@@ -20,7 +20,6 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, fl
     classes present in ``y_true`` (sklearn refuses a fold that lacks a class; we average
     over the classes it can score). It is NaN when ``y_true`` holds a single class.
     """
-
     y_true = np.asarray(y_true)
     prob = np.asarray(prob, np.float64)
     n_classes = prob.shape[1]

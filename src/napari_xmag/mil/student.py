@@ -149,7 +149,6 @@ def _reset_peak_rss() -> int:
     Freed memory that the allocator still holds would be reused by the step unseen, so it is
     handed back to the system first (glibc ``malloc_trim``).
     """
-
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -20,7 +20,13 @@ from .files import WeightsError
 from .heads import HEAD_NAMES
 from .registry import ModelSpec
 
-__all__ = ["HEAD_ALIASES", "NESTED_KEYS", "ConvertedCheckpoint", "convert_checkpoint", "dinov2_interpolate_pos_embed"]
+__all__ = [
+    "HEAD_ALIASES",
+    "NESTED_KEYS",
+    "ConvertedCheckpoint",
+    "convert_checkpoint",
+    "dinov2_interpolate_pos_embed",
+]
 
 #: Keys of a checkpoint dict that may hold the state dict, visited in this order.
 NESTED_KEYS: tuple[str, ...] = (

@@ -80,7 +80,9 @@ def _layer(value: Any) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def check_overrides(overrides: Mapping[str, Any] | None, source: str = "architecture overrides") -> dict[str, Any]:
+def check_overrides(
+    overrides: Mapping[str, Any] | None, source: str = "architecture overrides"
+) -> dict[str, Any]:
     """Overrides limited to :data:`ARCH_OVERRIDE_KEYS`, with plain JSON values."""
     out = dict(overrides or {})
     refused = sorted(str(k) for k in out if k not in ARCH_OVERRIDE_KEYS)
@@ -93,7 +95,8 @@ def check_overrides(overrides: Mapping[str, Any] | None, source: str = "architec
         plain = value is None or isinstance(value, (bool, int, float, str)) or (
             isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value))
         if not plain:
-            raise ValueError(f"{source}: {key} must be a number, a string or a list of numbers, not {value!r}")
+            raise ValueError(f"{source}: {key} must be a number, a string or a list of numbers,"
+                             f" not {value!r}")
         if key in _LAYER_ARGS and value not in _LAYERS:
             raise ValueError(f"{source}: {key} {value!r} is not one of {', '.join(_LAYERS)}")
     try:
@@ -111,7 +114,6 @@ def build_backbone(
     device: str | torch.device | None = None,
 ) -> nn.Module:
     """The timm backbone of ``spec``, randomly initialised (``device="meta"``: no memory)."""
-
     kwargs: dict[str, Any] = dict(spec.arch_kwargs)
     if tiny:
         kwargs.update(spec.tiny_kwargs)
@@ -329,7 +331,8 @@ def tiny_random_models() -> bool:
 
 
 def _is_local(ref: Any) -> bool:
-    if isinstance(ref, str) and (ref in ("auto", "random") or ref.startswith(HUB_PREFIX) or _is_registered(ref)):
+    named = isinstance(ref, str) and (ref in ("auto", "random") or ref.startswith(HUB_PREFIX))
+    if named or (isinstance(ref, str) and _is_registered(ref)):
         return False
     return Path(os.fspath(ref)).expanduser().exists()
 

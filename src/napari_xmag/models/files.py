@@ -40,7 +40,7 @@ class WeightsError(RuntimeError):
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with Path(path).open("rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -59,7 +59,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # imports torch: see torch_load_safely
         except ImportError as exc:  # pragma: no cover - safetensors ships with timm
             raise WeightsError("reading .safetensors needs the 'safetensors' package") from exc
         try:
@@ -73,7 +73,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     return torch_load_safely(path, WeightsError)
 
 
-def torch_load_safely(path: str | os.PathLike[str], error: type[Exception], what: str = "PyTorch checkpoint") -> Any:
+def torch_load_safely(
+    path: str | os.PathLike[str], error: type[Exception], what: str = "PyTorch checkpoint"
+) -> Any:
     """``torch.load(path, weights_only=True)``, its refusals turned into one line of ``error``.
 
     torch's own message advises retrying with ``weights_only=False``, which would run the code

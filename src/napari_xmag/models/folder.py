@@ -25,7 +25,9 @@ from .._atomic import OutputExistsError, OutputKind, atomic_path, read_small_jso
 from .files import WeightsError, sha256_file
 from .registry import UnknownModelError, get_spec
 
-__all__ = ["CONFIG_FORMAT", "CONFIG_NAME", "MODEL_FOLDER_KIND", "WEIGHTS_NAME", "read_model_config", "save_model"]
+__all__ = [
+    "CONFIG_FORMAT", "CONFIG_NAME", "MODEL_FOLDER_KIND", "WEIGHTS_NAME", "read_model_config", "save_model",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -61,11 +63,10 @@ def save_model(model: Any, folder: str | os.PathLike[str], *, overwrite: bool = 
     Files go to a temporary sibling folder that is renamed into place, so ``folder`` is
     either absent, the old one or the complete new one. ``create_model(folder)`` loads it.
     """
-
-
     folder = Path(folder)
     if MODEL_FOLDER_KIND.is_ours(folder) and not overwrite:
-        raise OutputExistsError(errno.EEXIST, f"{folder}: holds a saved model; pass overwrite=True to replace it")
+        raise OutputExistsError(errno.EEXIST,
+                                f"{folder}: holds a saved model; pass overwrite=True to replace it")
     with atomic_path(folder, MODEL_FOLDER_KIND, overwrite=overwrite) as tmp:  # replaced whole, never half
         tmp.mkdir()
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}

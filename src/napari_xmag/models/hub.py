@@ -106,7 +106,7 @@ def download_from_hub(
                     local_files_only=offline or unreachable,
                 )
             )
-        except GatedRepoError as exc:
+        except GatedRepoError as exc:  # noqa: PERF203  (one try per file name, two names at most)
             raise fail(
                 f"the repository is gated and this account has not been granted access "
                 f"({'HF_TOKEN is set' if token else 'no HF_TOKEN set'})",
@@ -140,7 +140,7 @@ def download_from_hub(
             files = HfApi(token=token).list_repo_files(repo_id)
             listed = sorted(f for f in files if "/" not in f and Path(f).suffix.lower() in WEIGHT_SUFFIXES)
             safetensors = [f for f in listed if f.lower().endswith(".safetensors")]
-            chosen = safetensors if safetensors else listed
+            chosen = safetensors or listed
             if len(chosen) == 1:
                 return Path(hf_hub_download(repo_id, chosen[0], cache_dir=cache_dir, token=token))
         except LocalEntryNotFoundError:
