@@ -157,15 +157,17 @@ def iter_patch_batches(
 
     starts = list(range(0, len(coords), batch_size))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xmag-read")
-    pending: list[Future[np.ndarray]] = []
+    pending: list[Future[np.ndarray] | None] = []
     try:
         ahead = 2 * workers
         pending.extend(pool.submit(read, start) for start in starts[:ahead])
         for i in range(len(starts)):
-            batch = pending[i].result()
+            future = pending[i]
+            assert future is not None  # each is taken once, in order
+            batch = future.result()
             if i + ahead < len(starts):
                 pending.append(pool.submit(read, starts[i + ahead]))
-            pending[i] = None  # type: ignore[call-overload]  # let the batch be freed
+            pending[i] = None  # let the batch be freed
             yield batch
     finally:
         for f in pending:
@@ -342,18 +344,19 @@ def _other_slide(existing: dict[str, Any], run_attrs: dict[str, Any]) -> str | N
 def _check_patch_fits(slide: Slide, settings: EmbedSettings) -> None:
     """Refuse a slide so small against one patch that no patch can be ``tissue_threshold``
     slide (let alone tissue) as too small, rather than report it as having no tissue."""
-    size = settings.patch_size * settings.mpp / slide.require_mpp()
+    mpp = slide.require_mpp()
+    target = parse_mpp(settings.mpp)
+    size = settings.patch_size * target / mpp
     width, height = slide.dimensions
     fits = min(1.0, width / size) * min(1.0, height / size)
     if fits >= settings.tissue_threshold:
         return
     what = "smaller than one patch" if width < size and height < size else "narrower than one patch"
-    mpp = slide.mpp
     raise SlideTooSmallError(
         f"{slide.path}: the slide is {what}: {width} x {height} px"
         f" ({width * mpp:.0f} x {height * mpp:.0f} µm)"
-        f" against a {settings.patch_size} px patch at {settings.mpp:g} µm/px"
-        f" ({settings.patch_size * settings.mpp:.0f} µm, {size:.0f} level-0 px), so at most"
+        f" against a {settings.patch_size} px patch at {target:g} µm/px"
+        f" ({settings.patch_size * target:.0f} µm, {size:.0f} level-0 px), so at most"
         f" {fits * 100:.2g}% of a patch can be tissue, below the {settings.tissue_threshold:.0%} tissue"
         " threshold; use a finer --mpp (e.g. 20x) or a smaller --patch-size"
     )

@@ -157,7 +157,7 @@ def level0_to_um(
     ``i`` spans ``[i, i + 1)``) as world µm, x, y order kept; ``offset``: the slide layer's
     translate, as world (x, y)."""
     values = np.asarray(values, np.float64)
-    mx, my = (mpp, mpp) if np.isscalar(mpp) else mpp  # type: ignore[misc]
+    mx, my = (mpp, mpp) if isinstance(mpp, (int, float)) else mpp
     pairs = values.shape[-1] // 2
     scale = np.array([mx, my] * pairs)
     shift = np.array(list(offset) * pairs, np.float64)
@@ -169,7 +169,7 @@ def um_to_level0(
 ) -> np.ndarray:
     """The inverse of :func:`level0_to_um`: world µm (x, y pairs) as level-0 positions."""
     values = np.asarray(values, np.float64)
-    mx, my = (mpp, mpp) if np.isscalar(mpp) else mpp  # type: ignore[misc]
+    mx, my = (mpp, mpp) if isinstance(mpp, (int, float)) else mpp
     pairs = values.shape[-1] // 2
     scale = np.array([mx, my] * pairs)
     shift = np.array(list(offset) * pairs, np.float64)
@@ -357,13 +357,17 @@ class Slide:
             )
             for i, (w, h) in enumerate(self._osr.level_dimensions)
         )
+        self.mpp_x: float | None
+        self.mpp_y: float | None
+        self.mpp_source: str | None
         if mpp is not None:
             mpp = parse_mpp(mpp)
             self.mpp_x, self.mpp_y, self.mpp_source = mpp, mpp, "override"
         else:
             self.mpp_x, self.mpp_y, self.mpp_source = _mpp_from_properties(props)
             reason = "the slide records no µm per pixel"
-            if self.mpp_x is not None and max(self.mpp_x, self.mpp_y) >= _IMPLAUSIBLE_MPP:  # type: ignore[type-var]
+            if (self.mpp_x is not None and self.mpp_y is not None
+                    and max(self.mpp_x, self.mpp_y) >= _IMPLAUSIBLE_MPP):
                 reason = (
                     f"the recorded resolution ({self.mpp_x:.4g} µm/px, from {self.mpp_source}) is"
                     " a default DPI, not a microscope calibration"
@@ -629,8 +633,10 @@ class Slide:
             raise ValueError("give exactly one of mpp= or level=")
         if mpp is not None:
             level, factor = self.best_level_for_mpp(mpp)
-        else:
+        elif level is not None:
             factor = 1.0
+        else:  # pragma: no cover - refused above
+            raise ValueError("give exactly one of mpp= or level=")
         info = self.levels[level]
         ds = info.downsample
         # The read starts on the level's pixel grid; ``origin`` reports where that is.
@@ -641,8 +647,8 @@ class Slide:
         if (read_w, read_h) != (out_w, out_h):
             pixels = np.asarray(Image.fromarray(pixels).resize((out_w, out_h), Image.Resampling.LANCZOS))
         sx, sy = read_w / out_w, read_h / out_h
-        if self.mpp_x is not None:
-            eff = (self.mpp_x * ds * sx, self.mpp_y * ds * sy)  # type: ignore[operator]
+        if self.mpp_x is not None and self.mpp_y is not None:
+            eff = (self.mpp_x * ds * sx, self.mpp_y * ds * sy)
         else:
             eff = (float("nan"), float("nan"))
         origin = (round(lx * ds), round(ly * ds))

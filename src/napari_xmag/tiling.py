@@ -76,7 +76,8 @@ class TissueMask:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.mask.shape  # type: ignore[return-value]
+        rows, cols = self.mask.shape
+        return int(rows), int(cols)
 
     @property
     def tissue_fraction(self) -> float:

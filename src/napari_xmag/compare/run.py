@@ -63,7 +63,8 @@ def parse_roi(text: str | Sequence[int] | None) -> tuple[int, int, int, int] | N
         raise ValueError(f"ROI must be four integers x,y,w,h in level-0 pixels, got {text!r}")
     if values[2] <= 0 or values[3] <= 0:
         raise ValueError(f"ROI width and height must be positive, got {text!r}")
-    return values  # type: ignore[return-value]
+    x, y, w, h = values
+    return x, y, w, h
 
 
 def _select_patches(

@@ -238,8 +238,8 @@ def read_geojson(path: str | os.PathLike[str]) -> Annotations:
         for i, feat in enumerate(features):
             if not isinstance(feat, dict):
                 raise MapFileError(f"{p}: feature {i} is not a GeoJSON Feature object")
-            props = feat.get("properties") if isinstance(feat.get("properties"), dict) else {}
-            cls = props.get("classification") if isinstance(props.get("classification"), dict) else {}
+            props = feat["properties"] if isinstance(feat.get("properties"), dict) else {}
+            cls = props["classification"] if isinstance(props.get("classification"), dict) else {}
             geom = shape(feat["geometry"])
             if geom.geom_type not in ("Polygon", "MultiPolygon"):
                 raise MapFileError(f"{p}: feature {i} is a {geom.geom_type}, not a (Multi)Polygon")

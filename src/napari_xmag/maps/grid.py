@@ -133,8 +133,11 @@ class MapGrid:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MapGrid:
-        ints = ("rows", "cols")
-        return cls(**{k: (int(d[k]) if k in ints else float(d[k])) for k in cls.__dataclass_fields__})
+        return cls(
+            x0=float(d["x0"]), y0=float(d["y0"]), step_x=float(d["step_x"]), step_y=float(d["step_y"]),
+            patch_x=float(d["patch_x"]), patch_y=float(d["patch_y"]), rows=int(d["rows"]),
+            cols=int(d["cols"]), slide_mpp=float(d["slide_mpp"]),
+        )
 
     @classmethod
     def from_transform(
@@ -286,16 +289,16 @@ def rasterize_labels(grid: MapGrid, rows: np.ndarray, cols: np.ndarray, labels: 
         raise MapError(f"{len(rows)} patches but {len(labels)} labels")
     k = int(labels.max(initial=0))
     n = grid.rows * grid.cols
-    counts = np.zeros((k + 1) * n)
-    nearest = np.full((k + 1) * n, np.inf)
+    flat_counts = np.zeros((k + 1) * n)
+    flat_nearest = np.full((k + 1) * n, np.inf)
     for flat, inside, dist in _cover(grid, rows, cols):
         lab = labels[inside]
         keep = lab > 0
         idx = lab[keep] * n + flat[keep]
-        counts += np.bincount(idx, minlength=(k + 1) * n)
-        np.minimum.at(nearest, idx, dist)
-    counts = counts.reshape(k + 1, n)
-    nearest = nearest.reshape(k + 1, n)
+        flat_counts += np.bincount(idx, minlength=(k + 1) * n)
+        np.minimum.at(flat_nearest, idx, dist)
+    counts = flat_counts.reshape(k + 1, n)
+    nearest = flat_nearest.reshape(k + 1, n)
     best = np.zeros(n, np.int64)
     best_count = np.zeros(n)
     best_dist = np.full(n, np.inf)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -102,7 +103,7 @@ def kmeans_labels(features: np.ndarray, k: int = 8, seed: int = 0) -> np.ndarray
     return (labels + 1).astype(np.int32)
 
 
-_FITTERS = {"pca": _fit_pca, "kmeans": kmeans_labels}
+_FITTERS: dict[str, Callable[..., np.ndarray]] = {"pca": _fit_pca, "kmeans": kmeans_labels}
 
 
 @functools.lru_cache(maxsize=32)

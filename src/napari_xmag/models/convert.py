@@ -190,7 +190,8 @@ def _dinov2_to_timm(
     target = getattr(model, "pos_embed", None)
     if resample and pos is not None and target is not None and tuple(pos.shape) != tuple(target.shape):
         prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
-        grid = tuple(model.patch_embed.grid_size)  # type: ignore[union-attr]
+        vit: Any = model  # a timm VisionTransformer: its attributes are not typed
+        grid = (int(vit.patch_embed.grid_size[0]), int(vit.patch_embed.grid_size[1]))
         n = pos.shape[1] - prefix
         if pos.ndim == 3 and pos.shape[-1] == target.shape[-1] and math.isqrt(n) ** 2 == n:
             out["pos_embed"] = dinov2_interpolate_pos_embed(pos, grid, num_prefix_tokens=prefix)
@@ -258,7 +259,7 @@ def convert_checkpoint(
         f"{source} does not fit model {spec.name!r} ({spec.architecture}): {best.describe()}"
         + (f" [{len(attempts)} candidate backbones tried]" if len(attempts) > 1 else "")
     )
-    err.mismatches = best.size  # type: ignore[attr-defined]
+    err.mismatches = best.size
     raise err
 
 

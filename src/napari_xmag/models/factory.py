@@ -346,7 +346,8 @@ def _is_registered(name: str) -> bool:
 
 
 def _new_heads(spec: ModelSpec, tiny: bool, backbone: nn.Module) -> nn.ModuleDict:
-    in_dim, out_dim = head_dims(spec, tiny=tiny, width=int(backbone.embed_dim))
+    vit: Any = backbone  # a timm VisionTransformer: its attributes are not typed
+    in_dim, out_dim = head_dims(spec, tiny=tiny, width=int(vit.embed_dim))
     return build_heads(in_dim, out_dim)
 
 

@@ -34,6 +34,9 @@ DIR_PREFERRED = ("model.safetensors", "pytorch_model.bin")
 class WeightsError(RuntimeError):
     """Weights cannot be found, read or fitted; the message says what and what to do."""
 
+    #: For a checkpoint that fits no model: how many keys and shapes it got wrong (closest first).
+    mismatches: float = float("inf")
+
 
 
 

@@ -8,7 +8,7 @@ against the teacher's CLS) and a "local" head (its patch tokens against the teac
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["HEAD_NAMES", "DistillationHead", "build_heads"]
 
@@ -33,7 +33,7 @@ class DistillationHead(nn.Sequential):
         )
         self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, hidden
 
-    def forward(self, x):  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:  # nn.Sequential names its argument "input"
         if x.ndim == 2:
             return super().forward(x)
         lead = x.shape[:-1]

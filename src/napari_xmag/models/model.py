@@ -29,6 +29,10 @@ class XmagModel(nn.Module):
     Built by :func:`napari_xmag.models.create_model`; ``forward`` is :meth:`embed`.
     """
 
+    #: The registered buffers, typed (nn.Module's attributes are not).
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         spec: ModelSpec,
@@ -41,7 +45,8 @@ class XmagModel(nn.Module):
     ) -> None:
         super().__init__()
         self.spec = spec
-        self.backbone = backbone
+        # a timm VisionTransformer: its attributes (embed_dim, patch_embed, ...) are not typed
+        self.backbone: Any = backbone
         self.heads = heads
         self.weights = weights if weights is not None else WeightsInfo("random", None, True)
         self.tiny = tiny
@@ -156,7 +161,7 @@ class XmagModel(nn.Module):
         gh, gw = int(x.shape[-2]) // p, int(x.shape[-1]) // p
         return pooled, patches.reshape(feats.shape[0], gh, gw, feats.shape[-1]).float()
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, x: torch.Tensor | np.ndarray, tokens: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.embed(x, tokens=tokens)
