@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-# ../shared/data/slides beside the repository, as in the tests (XMAG_TEST_SLIDES overrides)
-SLIDES = Path(
-    os.environ.get("XMAG_TEST_SLIDES", Path(__file__).resolve().parents[2] / "shared" / "data" / "slides")
-)
+# the test slides in the repository, as in the tests (XMAG_TEST_SLIDES overrides)
+SLIDES = Path(os.environ.get("XMAG_TEST_SLIDES") or Path(__file__).resolve().parents[1] / "tests" / "data")
 CMU1_SMALL = SLIDES / "CMU-1-Small-Region.svs"
 
 

@@ -1,6 +1,6 @@
 """Distillation benchmark: a bigger version of the CPU proof, and what the teacher cache buys.
 
-Tiny teacher and student built as in ``tests/test_distill.py`` (random weights, fixed seeds;
+Tiny teacher and student built as in ``tests/distill/`` (random weights, fixed seeds;
 the teacher's layer scales at 1.0 so that its vectors depend on the image), on real tissue
 with spatially held-out blocks. Prints, measured in one run:
 
@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 import torch
+from _slides import CMU1_SMALL
 
 from napari_xmag.distill import PairIndex, TrainConfig, build_teacher_cache, read_log, train
 from napari_xmag.models import create_model
 
-CMU1_SMALL = Path("/work/shared/data/slides/CMU-1-Small-Region.svs")
 ROWS = ("baseline", "before", "final")
 
 

@@ -29,8 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _slides import build_cmu1_pyramid
 
-from napari_xmag.embed import embed_patches, iter_patch_batches, prepare_model
+from napari_xmag.embed import embed_patches, iter_patch_batches
 from napari_xmag.models import create_model
+from napari_xmag.models.precision import prepare_model
 from napari_xmag.slide import Slide
 from napari_xmag.synthetic import write_sample_slide
 from napari_xmag.tiling import grid_report, patch_grid, tissue_mask

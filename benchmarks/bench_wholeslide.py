@@ -67,8 +67,9 @@ def part_tissue(slide_path: str) -> dict:
 def part_embed(slide_path: str, precision: str) -> dict:
     import torch
 
-    from napari_xmag.embed import EmbedSettings, embed_slide, prepare_model
+    from napari_xmag.embed import EmbedSettings, embed_slide
     from napari_xmag.models import create_model
+    from napari_xmag.models.precision import prepare_model
 
     baseline = rss_mb()
     with tempfile.TemporaryDirectory() as out, RssSampler(interval=0.05) as sampler:

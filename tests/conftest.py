@@ -1,77 +1,20 @@
-"""Shared test data: the real slides in ../shared/data/slides and pyramids built from them."""
+"""Fixtures shared across folders: real tissue from the test slides (see cases.py), pyramids built
+from it, maps with known values, the sample slide embedded."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import timm  # noqa: F401  # first: importing triton (through timm) after a napari viewer exists crashes under Xvfb
 
-ROOT = Path(__file__).resolve().parents[1]
-SLIDES = Path(os.environ.get("XMAG_TEST_SLIDES", ROOT.parent / "shared" / "data" / "slides"))
-
-
-@dataclass(frozen=True)
-class Case:
-    """One test slide and what is known about it, driving store, reader and CLI tests."""
-
-    name: str
-    file: str
-    vendor: str
-    level_dimensions: tuple[tuple[int, int], ...]
-    mpp: float | None  # None: the store must report it unknown
-    tile: int
-    objective_power: float | None = None
-    associated: tuple[str, ...] = ()
-
-    @property
-    def path(self) -> Path:
-        return SLIDES / self.file
-
-
-CMU1 = Case(
-    name="CMU-1-Small-Region",
-    file="CMU-1-Small-Region.svs",
-    vendor="aperio",
-    level_dimensions=((2220, 2967),),
-    mpp=0.499,
-    tile=240,
-    objective_power=20.0,
-    associated=("label", "macro", "thumbnail"),
-)
-BOXES = Case(
-    name="boxes",
-    file="boxes.tiff",
-    vendor="generic-tiff",
-    level_dimensions=((300, 250), (150, 125), (75, 62), (37, 31)),
-    mpp=None,  # 72 dpi in the TIFF tags: a default, not a calibration
-    tile=64,
-)
-SMALL = Case(
-    name="small",
-    file="small.svs",
-    vendor="aperio",
-    level_dimensions=((16, 16),),
-    mpp=0.499,
-    tile=64,
-    objective_power=20.0,
-    associated=("thumbnail",),
-)
-GOOD_CASES = (CMU1, BOXES, SMALL)
-# name -> (file, what the error must say)
-BAD_FILES = {
-    "unreadable": ("unreadable.svs", "Bogus marker length"),
-    "unopenable": ("unopenable.tiff", "Unsupported TIFF compression"),
-    "broken": ("broken.svs", "not a slide format"),
-}
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if not (SLIDES / CMU1.file).exists():
-        raise pytest.UsageError(f"test slides not found in {SLIDES} (set XMAG_TEST_SLIDES)")
+from cases import CMU1
+from feature_sets import PATTERN, feature_set, grid_coords, pattern_features
+from napari_xmag import maps
+from napari_xmag.features import read_features
+from napari_xmag.synthetic import tissue_regions
+from two_tissues import HEIGHT, MPP, PATCH, STROMA, TUMOUR, WIDTH
 
 
 @pytest.fixture(scope="session")
@@ -106,19 +49,45 @@ def xmag_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def tissue_fraction(rgb: np.ndarray) -> float:
-    """Fraction of pixels coloured like H&E stain: saturated pink or purple, not white or grey."""
-    rgb = rgb[..., :3].astype(np.int16)
-    saturation = rgb.max(-1) - rgb.min(-1)
-    stained = (saturation > 40) & (rgb[..., 1] < rgb[..., 0]) & (rgb[..., 1] < rgb[..., 2] + 40)
-    return float(stained.mean())
+# ---- maps shared by the map, reader and writer tests --------------------------------------
+@pytest.fixture(scope="module")
+def label_map() -> maps.SlideMap:
+    m = maps.kmeans_map(pattern_features(), 4)
+    # k-means recovers the pattern up to the names of the clusters
+    pairs = set(zip(PATTERN.ravel().tolist(), m.data.ravel().tolist(), strict=True))
+    assert len(pairs) == 4
+    return m
 
 
-def save_screenshot(shot: np.ndarray, name: str, tmp_path: Path) -> Path:
-    """Into the test's folder, and into XMAG_SCREENSHOT_DIR (e.g. docs/images) when set."""
-    from PIL import Image
+@pytest.fixture(scope="module")
+def heat_map() -> maps.SlideMap:
+    """70 x 90 cells of value 1000 r + c, NaN on a diagonal band (not scored)."""
+    coords = grid_coords(np.arange(90) * 200, np.arange(70) * 200)
+    fs = feature_set(coords, np.zeros((len(coords), 2)), patch=100, stride=100)
+    r, c = coords[:, 1] // 200, coords[:, 0] // 200
+    values = np.where(np.abs(r - c) < 3, np.nan, 1000.0 * r + c)
+    return maps.attention_map(fs, coords, values)
 
-    for folder in filter(None, [tmp_path, os.environ.get("XMAG_SCREENSHOT_DIR")]):
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(shot).save(Path(folder) / name)
-    return Path(tmp_path) / name
+
+# ---- the sample slide's two tissues, embedded: the few-shot library and its widget ----------
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """The procedural sample slide embedded at 20x, stride 112, by a tiny random model whose
+    features vary with the input (layer-scale gammas at 1, not DINOv2's 1e-5)."""
+    from napari_xmag.embed import EmbedSettings, embed_slide
+    from napari_xmag.models import create_model
+    from napari_xmag.synthetic import write_sample_slide
+
+    folder = tmp_path_factory.mktemp("probe")
+    slide = write_sample_slide(folder / "sample.svs", WIDTH, HEIGHT)
+    model = create_model("xmag", weights="random", tiny=True, overrides={"init_values": 1.0})
+    settings = EmbedSettings(mpp=MPP, patch_size=PATCH, stride=112, device="cpu", batch_size=32, workers=2)
+    out = embed_slide(slide, model, folder / "features", settings, progress=False).output
+    data = read_features(out)
+    tissue, tumour = tissue_regions(WIDTH, HEIGHT)
+    frac_tumour = np.array([tumour[y:y + PATCH, x:x + PATCH].mean() for x, y in data.coords])
+    frac_tissue = np.array([tissue[y:y + PATCH, x:x + PATCH].mean() for x, y in data.coords])
+    truth = np.zeros(len(data), np.int64)  # 0: mixed, not scored
+    truth[frac_tumour > 0.6] = TUMOUR
+    truth[(frac_tumour < 0.05) & (frac_tissue > 0.5)] = STROMA
+    return slide, out, data, truth

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CMU1, SLIDES
+from cases import CMU1, SLIDES
+from hazards import Payload
 from napari_xmag._atomic import OutputError, check_output_folder
 from napari_xmag._reader import get_reader, read_slides
 from napari_xmag.cli import main
@@ -119,20 +120,10 @@ def weight_files(tmp_path_factory) -> dict[str, Path]:
     save_file(state, str(d / "vit-s.safetensors"))
     torch.save(state, d / "vit-s.pt")
     marker = d / "PWNED"
-    torch.save({"state_dict": _Payload(str(marker))}, d / "evil.pt")
-    with open(d / "evil-raw.pt", "wb") as fh:  # a plain pickle, not torch's zip format
-        pickle.dump({"patch_embed.proj.weight": _Payload(str(marker))}, fh)
+    torch.save({"state_dict": Payload(marker)}, d / "evil.pt")
+    with (d / "evil-raw.pt").open("wb") as fh:  # a plain pickle, not torch's zip format
+        pickle.dump({"patch_embed.proj.weight": Payload(marker)}, fh)
     return {p.name: p for p in d.iterdir()} | {"marker": marker}
-
-
-class _Payload:
-    """Unpickling this runs ``os.system("touch MARKER")``."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 # ---- helpers -------------------------------------------------------------------------------------

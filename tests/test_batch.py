@@ -8,13 +8,15 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import CMU1, SLIDES
+from cases import CMU1, SLIDES
+from napari_xmag import batch
 from napari_xmag.batch import (
     MANIFEST_NAME,
     BatchError,
@@ -26,7 +28,6 @@ from napari_xmag.cli import main
 from napari_xmag.embed import EmbedSettings, embed_slide
 from napari_xmag.features import read_features
 from napari_xmag.models import create_model, save_model
-from napari_xmag.slide_list import SlideEntry, SlideListError, find_slides
 from napari_xmag.synthetic import mirrored_source, tissue_image, write_aperio_pyramid
 
 SETTINGS = EmbedSettings(batch_size=4, device="cpu")
@@ -92,28 +93,6 @@ def _assert_matches_reference(entry: dict, reference: dict[str, object]) -> None
 def _leftovers(folder: Path) -> list[str]:
     """What is in a batch folder besides the feature files and the manifest."""
     return sorted(p.name for p in folder.iterdir() if p.suffix != ".h5" and p.name != MANIFEST_NAME)
-
-
-# ---- which slides, without a cluster ------------------------------------------------------
-def test_find_slides_from_folders_and_lists(tmp_path: Path, data: dict[str, Path]) -> None:
-    synthetic = sorted(data["slides"].glob("*.svs"))
-    (tmp_path / "list.txt").write_text(f"# a comment\n\n{CMU1.path}\n{synthetic[0]}\n")
-    (tmp_path / "slides.csv").write_text(f"slide,mpp_override\n{BROKEN},0.25\n")
-    found = find_slides([data["slides"], tmp_path / "list.txt", tmp_path / "slides.csv"])
-    # the folder's files sorted, then the lists' new ones; the repeated slide is kept once
-    assert [s.path for s in found] == [*synthetic, CMU1.path, BROKEN]
-    assert found[-1] == SlideEntry(BROKEN, 0.25)
-    # links keep their own names: outputs are named after them, not after what they point to
-    (tmp_path / "links").mkdir()
-    (tmp_path / "links" / "case-7.svs").symlink_to(CMU1.path)
-    assert [s.path for s in find_slides(tmp_path / "links")] == [tmp_path / "links" / "case-7.svs"]
-    with pytest.raises(SlideListError, match="no such slide file"):
-        find_slides([tmp_path / "missing.svs"])
-    with pytest.raises(SlideListError, match="no slide files in this folder"):
-        find_slides([tmp_path / "slides.csv", tmp_path])  # tmp_path holds lists, not slides
-    (tmp_path / "bad.csv").write_text("path\nx.svs\n")
-    with pytest.raises(SlideListError, match="'slide' column"):
-        find_slides(tmp_path / "bad.csv")
 
 
 def test_parse_resources() -> None:
@@ -260,7 +239,7 @@ def test_a_worker_killed_mid_task_is_retried(
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
         pids = c.run(os.getpid)
-        victim = sorted(pids)[0]
+        victim = min(pids)
 
         def executing(dask_worker) -> list[str]:
             return [str(ts.key) for ts in dask_worker.state.executing]
@@ -324,3 +303,18 @@ def test_cli_batch_end_to_end(
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1].startswith("5 slides: 0 done, 5 skipped, 0 failed in ")
     assert time.perf_counter() - start < 5
+
+
+def test_local_cluster_shape_warns_when_oversubscribed(monkeypatch) -> None:
+    """The docs once showed --local-workers 4 --torch-threads 4: 16 threads on 2 cores, which
+    never finished a slide. The defaults share the cores; more is said, with the way out."""
+    monkeypatch.setattr(batch, "available_cores", lambda: 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert batch.local_cluster_shape(None, None) == (1, 2)
+        assert batch.local_cluster_shape(2, None) == (2, 1)
+    with pytest.warns(UserWarning, match=r"4 local workers x 4 torch threads = 16 threads on 2 cores.*"
+                                         r"--local-workers 4 --torch-threads 1"):
+        assert batch.local_cluster_shape(4, 4) == (4, 4)
+    monkeypatch.setattr(batch, "available_cores", lambda: 16)
+    assert batch.local_cluster_shape(None, None) == (4, 4)

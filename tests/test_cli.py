@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BAD_FILES, BOXES, CMU1, SLIDES
+from cases import ALL_CASES, BOXES, CMU1, Case
 from napari_xmag.cli import main
 
 
@@ -55,14 +55,22 @@ def test_info_without_mpp(capsys) -> None:
     assert "5x (2.0 µm/px):  level 2, reduced by 1.992" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", sorted(BAD_FILES))
-def test_bad_files_exit_nonzero_with_one_line(name, capsys) -> None:
-    file, cause = BAD_FILES[name]
-    assert main(["info", str(SLIDES / file)]) == 2
+@pytest.mark.parametrize("case", ALL_CASES, ids=str)
+def test_info_on_every_test_slide(case: Case, capsys) -> None:
+    code = main(["info", str(case.path), "--json"])
     captured = capsys.readouterr()
-    assert captured.out == ""
-    [line] = captured.err.strip().splitlines()
-    assert line.startswith("xmag info: error: ") and file in line and cause in line
+    if case.error:  # exit 2 and one line naming the file and the cause, nothing on stdout
+        assert code == 2 and captured.out == ""
+        [line] = captured.err.strip().splitlines()
+        assert line.startswith("xmag info: error: ") and case.file in line and case.error in line
+        return
+    assert code == 0
+    info = json.loads(captured.out)
+    assert info["vendor"] == case.vendor
+    assert [(lv["width"], lv["height"]) for lv in info["levels"]] == list(case.level_dimensions)
+    assert info["mpp_x"] == case.mpp and info["objective_power"] == case.objective_power
+    assert sorted(info["associated_images"]) == sorted(case.associated)
+    assert ("warning:" in captured.err) == (case.mpp is None)
 
 
 def test_console_script_runs(tmp_path) -> None:

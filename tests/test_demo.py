@@ -90,7 +90,7 @@ def test_viewer_holds_slide_and_maps(demo, make_napari_viewer) -> None:
     viewer = demo_viewer(demo, make_napari_viewer())
     names = [layer.name for layer in viewer.layers]
     assert names[0] == demo.slide.stem and len(names) == 5  # slide, PCA, k-means, tissue, cosine
-    assert all(RANDOM_TAG in n for n in names if "tissue" not in n and n != demo.slide.stem)
+    assert all(n.endswith(" · random weights") for n in names if "tissue" not in n and n != demo.slide.stem)
     pca = next(layer for layer in viewer.layers if "PCA" in layer.name)
     assert pca.visible and pca.rgb
 
@@ -103,7 +103,7 @@ def test_cli_demo_offline(tmp_path, monkeypatch, capsys) -> None:
     captured = capsys.readouterr()
     assert "RANDOM WEIGHTS" in captured.err and "!!! RANDOM WEIGHTS" in captured.out
     assert "XMAG_MODELS=tiny-random asks for tiny random models" in captured.out  # why: said
-    # (offline, without the switch, the reason is the hub's: test_models checks that message)
+    # (offline, without the switch, the reason is the hub's: tests/models/test_hub.py checks that message)
     out = tmp_path / "demo"
     assert "demo done in" in captured.out and str(out) in captured.out
     (km,) = read_ome_zarr(out / "maps" / f"xmag-sample-v1.{RANDOM_TAG}.kmeans.ome.zarr")

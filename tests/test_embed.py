@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from conftest import BOXES, CMU1, SLIDES
+from cases import ALL_CASES, BOXES, CMU1, Case
 from napari_xmag.cli import main
 from napari_xmag.embed import EmbedCancelled, EmbedSettings, embed_patches, embed_slide, iter_patch_batches
 from napari_xmag.features import read_features
 from napari_xmag.models import create_model
+from napari_xmag.models.factory import MODELS_ENV
 from napari_xmag.models.precision import prepare_model
 from napari_xmag.slide import Slide, SlideError
 from napari_xmag.synthetic import write_aperio_pyramid
@@ -147,13 +150,10 @@ def test_no_tissue_is_a_clear_error(tmp_path, tiny_xmag) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([str(BOXES.path)], "records no µm per pixel"),
-        ([str(SLIDES / "unreadable.svs")], "Bogus marker length"),
-        ([str(SLIDES / "broken.svs")], "not a slide format"),
         ([str(CMU1.path), "--model", "hf-hub:MahmoodLab/UNI2-h", "--weights", "auto"], "UNI2-h"),
         ([str(CMU1.path), "--mpp", "7y"], "7y"),
     ],
-    ids=["no-mpp", "corrupt", "not-a-slide", "offline-weights", "bad-mpp"],
+    ids=["offline-weights", "bad-mpp"],
 )
 def test_cli_embed_errors_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -165,6 +165,23 @@ def test_cli_embed_errors_are_one_line_and_write_nothing(tmp_path, capsys, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("xmag embed: error: ") and message in err[-1], err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=str)
+def test_cli_embed_every_test_slide(case: Case, tmp_path: Path, capsys, monkeypatch) -> None:
+    """`xmag embed SLIDE` with no flags: the table's patch count, or exit 2 with one line
+    naming the file and the cause, and nothing written."""
+    monkeypatch.setenv(MODELS_ENV, "tiny-random")
+    out = tmp_path / "out"
+    code = main(["embed", str(case.path), "--out", str(out), "--no-progress"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    if case.patches_5x is not None:
+        assert code == 0
+        assert len(read_features(out / f"{case.name}.h5").coords) == case.patches_5x
+        return
+    assert code == 2 and last.startswith("xmag embed: error: ") and str(case.path) in last
+    assert re.search(case.embed_error or case.error, last), last
+    assert not out.exists() or not list(out.iterdir())
 
 
 def test_embed_with_mpp_override(tmp_path, capsys) -> None:

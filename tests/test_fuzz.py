@@ -14,7 +14,6 @@ Deterministic (``derandomize=True``, no example database) and bounded: a few sec
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import os
@@ -28,7 +27,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CMU1, SLIDES
+from cases import CMU1, SLIDES
+from hazards import tree_hash
 from napari_xmag._reader import SLIDE_SUFFIXES, get_map_reader, get_reader, read_maps, read_slides
 from napari_xmag.features import FeatureFileError, FeatureSet, read_features, write_features
 from napari_xmag.maps import (
@@ -402,19 +402,6 @@ ENTRIES = st.one_of(
 )
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink():
-            out[rel] = "link:" + os.readlink(p)
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = "file:" + hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 @FUZZ
 @given(entries=st.lists(ENTRIES, max_size=8), overwrite=st.booleans())
 def test_writes_never_touch_foreign_entries(entries, overwrite) -> None:
@@ -459,25 +446,26 @@ def test_writes_never_touch_foreign_entries(entries, overwrite) -> None:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 else:
                     removable.add(path.name)
-        before = _snapshot(root)
+        before = tree_hash(root, inside=True)
         target_there = os.path.lexists(out / TARGET)
         try:
             write_features(out / TARGET, data, overwrite=overwrite)
             written = True
         except OutputExistsError:
             written = False
-        after = _snapshot(root)
+        after = tree_hash(root, inside=True)
         assert written == (overwrite or not target_there)
 
         drop = {TARGET} | removable if written else set()
 
         def kept(snapshot: dict[str, str]) -> dict[str, str]:
-            return {k: v for k, v in snapshot.items() if (k.split("/") + [""])[1] not in drop or k == "out"}
+            return {k: v for k, v in snapshot.items() if [*k.split("/"), ""][1] not in drop or k == "out"}
 
         assert kept(after) == kept(before)  # every foreign entry, and everything outside, untouched
         for name in removable if written else ():
             assert not (out / name).exists()
         if written:
             assert read_features(out / TARGET).features.shape == (1, 4)
-        new_parts = {p.name for p in out.glob(f".{TARGET}.*.part")} - {k.split("/")[1] for k in before if "/" in k}
+        earlier = {k.split("/")[1] for k in before if "/" in k}
+        new_parts = {p.name for p in out.glob(f".{TARGET}.*.part")} - earlier
         assert not new_parts  # no temporary of this write is left behind

@@ -1,14 +1,22 @@
-"""The napari reader and sample data, through npe2 and in a real viewer."""
+"""The napari readers: slides (every test slide, through npe2, in a real viewer), the sample
+data, and map files (OME-Zarr, GeoJSON) claimed only when they are ours."""
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import BAD_FILES, BOXES, CMU1, SLIDES, save_screenshot, tissue_fraction
-from napari_xmag._reader import get_reader, read_slides
+from cases import ALL_CASES, BOXES, CMU1, SLIDES, Case, save_screenshot, tissue_fraction
+from feature_sets import MPP, STEP, add, feature_set
+from napari_xmag._reader import get_map_reader, get_reader, read_maps, read_slides
+from napari_xmag.features import write_features
+from napari_xmag.maps import write_ome_zarr
+from napari_xmag.maps.geojson import label_polygons
 from napari_xmag.slide import MissingMppWarning, SlideOpenError, SlideReadError
 
 
@@ -20,7 +28,6 @@ def test_get_reader_accepts_slides() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda tmp: str(SLIDES / "broken.svs"),  # right suffix, not a slide
         lambda tmp: str(tmp / "missing.svs"),
         lambda tmp: str(tmp),  # a folder
         lambda tmp: (tmp / "notes.txt").write_text("x") and str(tmp / "notes.txt"),
@@ -28,7 +35,7 @@ def test_get_reader_accepts_slides() -> None:
         lambda tmp: [],
         lambda tmp: [str(CMU1.path), str(SLIDES / "broken.svs")],
     ],
-    ids=["broken", "missing", "folder", "txt", "empty-tiff", "no-paths", "one-bad-of-two"],
+    ids=["missing", "folder", "txt", "empty-tiff", "no-paths", "one-bad-of-two"],
 )
 def test_get_reader_declines_without_raising(tmp_path, make) -> None:
     assert get_reader(make(tmp_path)) is None
@@ -56,16 +63,21 @@ def test_layer_without_mpp_is_in_pixels_and_warns() -> None:
     assert [a.shape[:2] for a in data] == [(h, w) for w, h in BOXES.level_dimensions]
 
 
-def test_unreadable_fails_once_with_the_cause() -> None:
-    path = SLIDES / BAD_FILES["unreadable"][0]
-    assert get_reader(str(path)) is read_slides  # OpenSlide opens it; only its tiles are bad
-    with pytest.raises(SlideReadError, match=r"unreadable\.svs.*Bogus marker length"):
-        read_slides(str(path))
-
-
-def test_unopenable_fails_with_the_cause() -> None:
-    with pytest.raises(SlideOpenError, match=r"unopenable\.tiff.*Unsupported TIFF compression"):
-        read_slides(str(SLIDES / "unopenable.tiff"))
+@pytest.mark.parametrize("case", ALL_CASES, ids=str)
+def test_every_test_slide_is_one_layer_or_one_clear_error(case: Case) -> None:
+    # claimed when OpenSlide knows the format (even if it then fails: the user hears why)
+    assert get_reader(str(case.path)) is (read_slides if case.recognised else None)
+    if case.error:
+        error = SlideOpenError if case.open_error else SlideReadError  # unreadable: only its tiles are bad
+        with pytest.raises(error, match=rf"{re.escape(case.file)}.*{case.error}"):
+            read_slides(str(case.path))
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingMppWarning)
+        [(data, kwargs, kind)] = read_slides(str(case.path))
+    assert kind == "image" and kwargs["name"] == case.name
+    assert [a.shape for a in data] == [(h, w, 3) for w, h in case.level_dimensions]
+    assert kwargs.get("scale") == ((case.mpp, case.mpp) if case.mpp else None)
 
 
 def test_npe2_finds_the_reader() -> None:
@@ -113,3 +125,79 @@ def test_sample_data_opens_through_the_reader(make_napari_viewer, xmag_cache) ->
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
     assert (xmag_cache / "xmag-sample-v1.svs").exists()
     assert tissue_fraction(np.asarray(layer.data[2])) > 0.3
+
+
+# ---- map files -------------------------------------------------------------------------------
+def test_geojson_opens_as_shapes_on_the_slide(make_napari_viewer, tmp_path, label_map) -> None:
+    import napari
+
+    viewer = make_napari_viewer()
+    layer = add(viewer, label_map)
+    path = str(tmp_path / "k.geojson")
+    assert napari.save_layers(path, [layer], plugin="napari-xmag") == [path]
+    assert get_map_reader(path) is read_maps
+    [shapes] = viewer.open(path, plugin="napari-xmag")
+    polygons = sum(len(getattr(g, "geoms", [g])) for g in label_polygons(label_map).values())
+    assert len(shapes.data) == polygons and shapes.shape_type == ["polygon"] * polygons
+    inner = int(label_map.data[3, 3])
+    [i] = [k for k, lab in enumerate(shapes.features["label"]) if lab == inner]
+    # the inner square's corners: level-0 (400, 800) .. (1000, 1400), drawn at (px - 0.5) * mpp
+    ys, xs = shapes.data[i][:, 0], shapes.data[i][:, 1]
+    assert (xs.min(), xs.max()) == ((400 - 0.5) * MPP, (1000 - 0.5) * MPP)
+    assert (ys.min(), ys.max()) == ((800 - 0.5) * MPP, (1400 - 0.5) * MPP)
+    # they coincide with the label map's cell edges in world coordinates
+    np.testing.assert_allclose(layer.world_to_data((ys.min(), xs.min())), (1.5, 1.5))
+    assert shapes.features["class"][i] == f"cluster {inner}"
+    # the ring is drawn with its hole (napari: one polygon, hole walked from the exterior)
+    ring = int(label_map.data[1, 1])
+    [j] = [k for k, lab in enumerate(shapes.features["label"]) if lab == ring]
+    shape_j = shapes._data_view.shapes[j]
+    tri = shape_j._face_vertices[shape_j._face_triangles]
+    area = 0.5 * np.abs((tri[:, 1, 0] - tri[:, 0, 0]) * (tri[:, 2, 1] - tri[:, 0, 1])
+                        - (tri[:, 2, 0] - tri[:, 0, 0]) * (tri[:, 1, 1] - tri[:, 0, 1])).sum()
+    assert area == pytest.approx((25 - 9) * (STEP * MPP) ** 2)
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+# ---- probing --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tmp: str(write_features(tmp / "slide.zarr", feature_set([[0, 0]]))),  # a features store
+        lambda tmp: str(write_features(tmp / "slide.h5", feature_set([[0, 0]]))),
+        lambda tmp: write(tmp / "q.geojson", '{"type": "FeatureCollection", "features": []}'),
+        lambda tmp: write(tmp / "bad.geojson", '{"xmag": "napari-xmag-geojson", '),
+        lambda tmp: (tmp / "file.zarr").write_bytes(b"x") and str(tmp / "file.zarr"),
+        lambda tmp: str(tmp / "missing.ome.zarr"),
+        lambda tmp: str(tmp),
+        lambda tmp: [],
+    ],
+    ids=["features-zarr", "features-h5", "plain-geojson", "broken-geojson", "zarr-file", "missing", "folder",
+         "none"],
+)
+def test_get_map_reader_declines_without_raising(tmp_path, make) -> None:
+    assert get_map_reader(make(tmp_path)) is None
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ome_zarr.*", "ignore:Dimension:UserWarning")
+def test_other_ome_zarr_is_not_ours(tmp_path, heat_map) -> None:
+    path = write_ome_zarr(tmp_path / "m.ome.zarr", heat_map)
+    assert get_map_reader(str(path)) is read_maps and get_map_reader(str(path) + "/") is read_maps
+    assert get_map_reader([str(path), str(tmp_path / "nope.geojson")]) is None
+    assert get_reader(str(path)) is None  # the slide reader leaves it alone
+    attrs = json.loads((path / ".zattrs").read_text())
+    del attrs["xmag"]
+    (path / ".zattrs").write_text(json.dumps(attrs))  # now just an OME-Zarr image
+    assert get_map_reader(str(path)) is None
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    other = tmp_path / "other.ome.zarr"
+    write_image(np.zeros((8, 8), np.uint8), zarr.open_group(str(other), mode="w", zarr_format=2), axes="yx",
+                fmt=FormatV04())
+    assert (other / ".zattrs").is_file() and get_map_reader(str(other)) is None

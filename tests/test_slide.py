@@ -12,7 +12,7 @@ import openslide
 import pytest
 from PIL import Image
 
-from conftest import BAD_FILES, BOXES, CMU1, GOOD_CASES, SLIDES, Case
+from cases import BAD_CASES, BOXES, CMU1, GOOD_CASES, SLIDES, Case
 from napari_xmag.slide import (
     MissingMppError,
     MissingMppWarning,
@@ -249,12 +249,17 @@ def test_mpp_override() -> None:
         assert slide.best_level_for_mpp("20x") == (1, 1.0)
 
 
-@pytest.mark.parametrize("name", ["unopenable", "broken"])
-def test_unopenable_files_raise_a_clear_error(name: str) -> None:
-    file, cause = BAD_FILES[name]
-    with pytest.raises(SlideOpenError, match=cause) as info:
-        Slide(SLIDES / file)
-    assert str(SLIDES / file) in str(info.value)
+@pytest.mark.parametrize("case", BAD_CASES, ids=str)
+def test_bad_files_raise_one_clear_error(case: Case) -> None:
+    """Unopenable files fail at open; a file whose tiles are corrupt opens and fails at its
+    first pixel read, never with blank pixels. Either way the message names file and cause."""
+    if case.open_error:
+        with pytest.raises(SlideOpenError, match=case.open_error) as info:
+            Slide(case.path)
+    else:
+        with Slide(case.path) as slide, pytest.raises(SlideReadError, match=case.read_error) as info:
+            slide.check_readable()
+    assert str(case.path) in str(info.value)
 
 
 def test_corrupt_tiles_raise_a_clear_error_not_blank_pixels() -> None:
@@ -291,5 +296,5 @@ def test_parse_mpp(value, mpp) -> None:
 
 @pytest.mark.parametrize("value", ["7y", -1.0, 0, float("nan")])
 def test_parse_mpp_refuses_nonsense(value) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^resolution .*µm/px"):
         parse_mpp(value)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BOXES, CMU1, SMALL
-from napari_xmag.slide import MissingMppError, MissingMppWarning, Slide
+from cases import BOXES, CMU1, GOOD_CASES, SMALL, Case
+from napari_xmag.slide import MissingMppError, MissingMppWarning, Slide, SlideError
 from napari_xmag.synthetic import mirrored_source, write_aperio_pyramid
 from napari_xmag.tiling import (
     TissueMask,
@@ -18,6 +18,7 @@ from napari_xmag.tiling import (
     grid_report,
     pair_geometry,
     patch_grid,
+    require_patches,
     teacher_crop_coords,
     tissue_mask,
 )
@@ -132,6 +133,22 @@ def test_tissue_smaller_than_a_patch(tmp_path: Path, cmu1_rgb: np.ndarray) -> No
         np.testing.assert_array_equal(grid.coords, [[0, 0]])
         assert grid.tissue[0] == pytest.approx(mask.mask.sum() / (896 / 16) ** 2)
         assert grid.tissue[0] < (400 / 896) ** 2 + 1e-9  # the rest of the patch is off the slide
+
+
+@pytest.mark.parametrize("case", GOOD_CASES, ids=str)
+def test_default_5x_grid_of_every_test_slide(case: Case) -> None:
+    """The defaults (5x, 224 px, 25% tissue) keep the table's patch count, or say why none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingMppWarning)
+        slide = Slide(case.path)
+    with slide:
+        if case.patches_5x is None:
+            with pytest.raises(SlideError, match=case.embed_error):  # either step may say it
+                require_patches(patch_grid(slide, "5x", mask=tissue_mask(slide)), slide)
+            return
+        grid = patch_grid(slide, "5x", mask=tissue_mask(slide))
+        assert len(grid) == case.patches_5x and grid.mpp == 2.0
+        assert np.all(grid.tissue >= 0.25)
 
 
 def test_missing_mpp_is_said() -> None:

@@ -204,13 +204,14 @@ def atomic_path(
 
 
 def write_json(
-    path: str | os.PathLike[str], data: Any, kind: OutputKind = ANY_FILE, *, overwrite: bool = False
+    path: str | os.PathLike[str], data: Any, kind: OutputKind = ANY_FILE, *, overwrite: bool = False,
+    indent: int | None = 2,
 ) -> Path:
     """Write ``json_safe(data)`` atomically (flushed to disk before the rename): a reader, or a
-    run killed meanwhile, sees the old file or the new one."""
+    run killed meanwhile, sees the old file or the new one. ``indent=None`` for large files."""
     path = Path(path)
     with atomic_path(path, kind, overwrite=overwrite) as tmp, tmp.open("w", encoding="utf-8") as f:
-        json.dump(json_safe(data), f, indent=2, allow_nan=False)
+        json.dump(json_safe(data), f, indent=indent, allow_nan=False)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

@@ -10,7 +10,7 @@ from typing import Any
 from ._reader import slide_layer_data
 from .demo import DemoResult
 from .maps import read_ome_zarr
-from .provenance import RANDOM_WEIGHTS_TAG
+from .provenance import tagged_name
 
 LayerData = list[tuple[Any, dict[str, Any], str]]
 
@@ -22,8 +22,8 @@ def demo_layers(result: DemoResult) -> LayerData:
         if str(path).endswith(".ome.zarr"):
             for m in read_ome_zarr(path):
                 data, kw, kind = m.layer_data()
-                if result.weights_random and "tissue" not in m.name:
-                    kw["name"] = f"{kw['name']} ({RANDOM_WEIGHTS_TAG})"
+                if "tissue" not in m.name:
+                    kw["name"] = tagged_name(kw["name"], result.weights_random)
                 layers.append((data, kw, kind))
     return layers
 

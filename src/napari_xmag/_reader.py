@@ -34,8 +34,6 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] 
     if not paths:
         return None
     try:
-
-
         for p in paths:
             suffix = Path(p).suffix.lower()
             if suffix not in SLIDE_SUFFIXES:

@@ -48,6 +48,7 @@ from .embed import EmbedSettings, embed_slide
 from .features import unique_feature_paths
 from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, STATUSES, RunManifest, read_manifest
 from .models.files import WEIGHT_SUFFIXES
+from .provenance import model_identity
 from .slide_list import SlideEntry, find_slides
 
 __all__ = [
@@ -56,7 +57,9 @@ __all__ = [
     "STATUSES",
     "BatchError",
     "BatchResult",
+    "available_cores",
     "find_slides",
+    "local_cluster_shape",
     "parse_resources",
     "read_manifest",
     "run_batch",
@@ -228,12 +231,8 @@ def _embed_task(job: dict[str, Any]) -> dict[str, Any]:
                 torch.set_num_threads(int(job["torch_threads"]))
             settings = EmbedSettings(**job["settings"])
             model, built = _cached_model(job["model"], job["weights"], settings.device, settings.precision)
-            weights = model.weights
-            record.update(
-                load_model_seconds=round(built, 3), model=model.spec.name, embed_dim=model.embed_dim,
-                weights_source=weights.source, weights_sha256=weights.sha256,
-                weights_random=bool(weights.random),
-            )
+            who = model_identity(model)
+            record.update(load_model_seconds=round(built, 3), **{k: who[k] for k in _MODEL_KEYS})
             phase = "embed"
             result = embed_slide(job["slide"], model, job["out_dir"], settings, fmt=job["format"],
                                  overwrite=job["overwrite"], progress=False)
@@ -495,6 +494,31 @@ def _record(
     return entry
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a container's or a job's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def local_cluster_shape(local_workers: int | None, torch_threads: int | None) -> tuple[int, int]:
+    """(worker processes, torch threads per task) of a local cluster: by default cores // 4
+    workers (1 to 4) sharing the cores. Asking for more threads in all than there are cores is
+    allowed but warned about: spin-waiting torch threads then slow every slide many times over."""
+    cores = available_cores()
+    n = local_workers or max(1, min(4, cores // 4))
+    threads = torch_threads or max(1, cores // n)
+    if n * threads > cores:
+        warnings.warn(
+            f"{n} local workers x {threads} torch threads = {n * threads} threads on {cores} cores: "
+            f"oversubscribed, every slide runs many times slower; use at most {cores} in all "
+            f"(e.g. --local-workers {n} --torch-threads {max(1, cores // n)})",
+            stacklevel=4,
+        )
+    return n, threads
+
+
 def _connect(
     client: Any, scheduler: Any, local_workers: int | None, needs: dict[str, float], torch_threads: int | None
 ) -> tuple[Any, list[Callable[[], Any]], dict[str, Any]]:
@@ -510,9 +534,7 @@ def _connect(
         closers.append(client.close)
         info = {"scheduler": client.scheduler.address, "local_workers": None}
     else:
-        cores = os.cpu_count() or 1
-        n = local_workers or max(1, min(4, cores // 4))
-        torch_threads = torch_threads or max(1, cores // n)
+        n, torch_threads = local_cluster_shape(local_workers, torch_threads)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, resources=needs or None,
                                dashboard_address=":0", silence_logs=logging.ERROR)
         client = Client(cluster)

@@ -537,7 +537,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, log=print,
     )
     for side in ("student", "teacher"):
-        if report[side] and report[side]["weights"]["random"]:
+        if report[side] and report[side]["weights_random"]:
             _warn(random_weights_warning("the fine-tuning results", side))
     print(f"{report['slides']} slides, {args.folds} folds in {report['seconds']:.1f} s -> {args.out}")
     return 0

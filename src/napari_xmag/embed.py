@@ -7,6 +7,7 @@ hides behind the forward pass; the forward runs under ``torch.inference_mode``.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -42,8 +43,9 @@ from .features import (
     write_features,
 )
 from .models.precision import check_precision, prepare_model, resolve_device
+from .provenance import model_identity
 from .slide import Slide, SlideError, parse_mpp
-from .tiling import SlideTooSmallError, patch_grid, require_patches, tissue_mask
+from .tiling import check_patch_fits, patch_grid, require_patches, tissue_mask
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +258,7 @@ def embed_slide(
     with Slide(slide_path, mpp=settings.mpp_override) as slide:
         slide.require_mpp(f"{settings.mpp:g} µm/px patches cannot be cut")
         slide.check_readable()
-        _check_patch_fits(slide, settings)
+        check_patch_fits(slide, settings.mpp, settings.patch_size, settings.tissue_threshold)
         run_attrs = run_attributes(slide, model, settings)
         done = finished_patches(output, run_attrs, overwrite)
         if done is not None:
@@ -341,27 +343,6 @@ def _other_slide(existing: dict[str, Any], run_attrs: dict[str, Any]) -> str | N
 
 
 # ---- checks that fail early, with the cause ---------------------------------------------------
-def _check_patch_fits(slide: Slide, settings: EmbedSettings) -> None:
-    """Refuse a slide so small against one patch that no patch can be ``tissue_threshold``
-    slide (let alone tissue) as too small, rather than report it as having no tissue."""
-    mpp = slide.require_mpp()
-    target = parse_mpp(settings.mpp)
-    size = settings.patch_size * target / mpp
-    width, height = slide.dimensions
-    fits = min(1.0, width / size) * min(1.0, height / size)
-    if fits >= settings.tissue_threshold:
-        return
-    what = "smaller than one patch" if width < size and height < size else "narrower than one patch"
-    raise SlideTooSmallError(
-        f"{slide.path}: the slide is {what}: {width} x {height} px"
-        f" ({width * mpp:.0f} x {height * mpp:.0f} µm)"
-        f" against a {settings.patch_size} px patch at {target:g} µm/px"
-        f" ({settings.patch_size * target:.0f} µm, {size:.0f} level-0 px), so at most"
-        f" {fits * 100:.2g}% of a patch can be tissue, below the {settings.tissue_threshold:.0%} tissue"
-        " threshold; use a finer --mpp (e.g. 20x) or a smaller --patch-size"
-    )
-
-
 def _check_space(output: Path, patches: int, model: Any, tokens: bool) -> None:
     """Refuse before the forward pass when the arrays alone would not fit in the free space."""
     dim = int(getattr(model, "embed_dim", 0) or 0)
@@ -393,14 +374,13 @@ def _settings_keys(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_attributes(slide: Slide, model: Any, settings: EmbedSettings) -> dict[str, Any]:
-    """What a features file records of the run (also how a rerun recognises it)."""
-    weights = model.weights
+    """What a features file records of the run (also how a rerun recognises it): the model's
+    identity (:func:`~napari_xmag.provenance.model_identity`, overrides as JSON), the slide's,
+    and the settings."""
+    who = model_identity(model)
     return {
-        "model": model.spec.name,
-        "embed_dim": model.embed_dim,
-        "weights_source": weights.source,
-        "weights_sha256": weights.sha256 or "",
-        "weights_random": bool(weights.random),
+        **who,
+        "overrides": json.dumps(who["overrides"], sort_keys=True),
         "slide_path": str(slide.path),
         "slide_size": slide.file_size,
         "slide_fingerprint": slide.fingerprint,

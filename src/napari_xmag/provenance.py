@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RANDOM_WEIGHTS", "RANDOM_WEIGHTS_TAG", "model_identity", "random_weights_warning"]
+__all__ = ["RANDOM_WEIGHTS", "RANDOM_WEIGHTS_TAG", "model_identity", "random_weights_warning", "tagged_name"]
 
 #: In layer names, captions and tables: ``PCA · CMU-1-Small-Region · random weights``.
 RANDOM_WEIGHTS = "random weights"
 #: In file and folder names, where spaces are awkward: ``features-RANDOM-WEIGHTS/``.
 RANDOM_WEIGHTS_TAG = "RANDOM-WEIGHTS"
+
+
+def tagged_name(name: str, random: bool) -> str:
+    """A layer or caption name that says when its numbers come from random weights."""
+    return f"{name} · {RANDOM_WEIGHTS}" if random else name
 
 
 def random_weights_warning(what: str = "the embeddings", side: str | None = None) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "SlidePairs",
     "SlideTooSmallError",
     "TissueMask",
+    "check_patch_fits",
     "grid_report",
     "pair_geometry",
     "patch_at",
@@ -573,11 +574,34 @@ def patch_at(slide: Slide, point: tuple[float, float], mpp: float | str = MAGNIF
     )
 
 
+def check_patch_fits(slide: Slide, mpp: float | str, patch_size: int, min_tissue: float) -> None:
+    """Refuse a slide so small against one patch that no patch can be ``min_tissue`` slide
+    (let alone tissue) as too small, rather than report it as having no tissue; cheap, so
+    callers run it before any pixel is read."""
+    slide_mpp = slide.require_mpp()
+    target = parse_mpp(mpp)
+    size = patch_size * target / slide_mpp
+    width, height = slide.dimensions
+    fits = min(1.0, width / size) * min(1.0, height / size)
+    if fits >= min_tissue:
+        return
+    what = "smaller than one patch" if width < size and height < size else "narrower than one patch"
+    raise SlideTooSmallError(
+        f"{slide.path}: the slide is {what}: {width} x {height} px"
+        f" ({width * slide_mpp:.0f} x {height * slide_mpp:.0f} µm)"
+        f" against a {patch_size} px patch at {target:g} µm/px"
+        f" ({patch_size * target:.0f} µm, {size:.0f} level-0 px), so at most"
+        f" {fits * 100:.2g}% of a patch can be tissue, below the {min_tissue:.0%} tissue"
+        " threshold; use a finer --mpp (e.g. 20x) or a smaller --patch-size"
+    )
+
+
 def require_patches(grid: PatchGrid, slide: Slide, mask: TissueMask | None = None, where: str = "") -> None:
     """The one :class:`NoTissueError` for a grid without patches: what was asked, how much
     tissue there is, and what to change."""
     if len(grid):
         return
+    check_patch_fits(slide, grid.mpp, grid.patch_size, grid.min_tissue)
     if mask is not None and not mask.mask.any():  # lowering the threshold would not help
         raise NoTissueError(
             f"{slide.path}: no {grid.patch_size} px patch at {grid.mpp} µm/px{where} holds"

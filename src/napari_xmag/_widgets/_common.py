@@ -9,9 +9,6 @@ import numpy as np
 if TYPE_CHECKING:
     import napari
 
-RANDOM_TAG = "RANDOM WEIGHTS"
-
-
 def confirm_replace(path: Any, reason: str) -> bool:
     """Ask the user before something napari-xmag did not write is replaced; no window, no."""
     from qtpy.QtWidgets import QApplication, QMessageBox  # Qt only when asked: _writer imports this module

@@ -35,6 +35,7 @@ from napari_xmag._widgets._common import slide_layers
 from napari_xmag.compare import matched_labels, report_rows
 from napari_xmag.embed import EmbedCancelled
 from napari_xmag.models.registry import list_models
+from napari_xmag.provenance import tagged_name
 from napari_xmag.slide import um_to_level0
 
 if TYPE_CHECKING:
@@ -231,10 +232,9 @@ class ComparisonWidget(Container):
             offset = (translate[0], translate[1] + i * shift)
             if slide is not None:
                 self._show_slide_copy(side, slide, offset)
-            raster = maps.rasterize_labels(grid, rows, cols, labels + 1)
-            name = f"{side} k-means: {r[side]['model']} @ {r[side]['mpp']:g} µm/px"
-            if r[side]["weights"]["random"]:
-                name += " (RANDOM WEIGHTS)"
+            raster = maps.rasterize_labels(grid, rows, cols, labels)
+            name = tagged_name(f"{side} k-means: {r[side]['model']} @ {r[side]['mpp']:g} µm/px",
+                               r[side]["weights"]["random"])
             self._show_labels(side, raster, grid, offset, name, maps.label_colors(k))
         self._show_captions(result, translate, width_um, shift)
         rows_ = report_rows(result.report)
@@ -317,9 +317,7 @@ class ComparisonWidget(Container):
 
     def _show_labels(self, side: str, raster: np.ndarray, grid: Any, offset: tuple[float, float],
                      name: str, colors: list[list[int]]) -> Any:
-        cmap: dict[Any, Any] = {None: [0, 0, 0, 0], 0: [0, 0, 0, 0]}
-        for i, rgb in enumerate(colors, start=1):
-            cmap[i] = [c / 255 for c in rgb] + [1.0]
+        cmap = maps.label_colormap(colors)
         translate = (grid.translate[0] + offset[0], grid.translate[1] + offset[1])
         role = f"{side} clusters"
         layer = self._owned(role)

@@ -34,7 +34,6 @@ from qtpy.QtCore import QTimer
 from napari_xmag import maps as xmaps
 from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import (
-    RANDOM_TAG,
     replace_layer,
     shifted,
     slide_info,
@@ -46,6 +45,7 @@ from napari_xmag.features import read_features
 from napari_xmag.maps import grid_for_features
 from napari_xmag.models.precision import PRECISIONS
 from napari_xmag.models.registry import list_models
+from napari_xmag.provenance import tagged_name
 from napari_xmag.slide import level0_to_um
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ def _work(
     embedding = embed_slide(path, model, out_dir, settings, progress=progress, cancel=cancel)
     data = read_features(embedding.output)
     random = bool(data.attrs.get("weights_random"))
-    suffix = f" [{RANDOM_TAG}]" if random else ""
+    suffix = tagged_name("", random)
     layers: list[tuple[str, tuple]] = []
     if maps.get("pca"):
         layers.append(("pca", _tagged(xmaps.pca_map(embedding.output).layer_data(), suffix, random)))

@@ -166,14 +166,14 @@ def report_rows(report: dict[str, Any]) -> dict[str, str]:
 
 
 def matched_labels(student: np.ndarray, teacher: np.ndarray) -> np.ndarray:
-    """Teacher cluster ids renamed to the student clusters they overlap most (one to one), so the
-    two clusterings can be compared by colour."""
-    k = int(max(student.max(initial=0), teacher.max(initial=0))) + 1
-    overlap = np.zeros((k, k), np.int64)
+    """Teacher cluster ids (1..K) renamed to the student clusters they overlap most (one to one),
+    so the two clusterings can be compared by colour; 0 ("no patch") stays 0."""
+    k = int(max(student.max(initial=0), teacher.max(initial=0)))
+    overlap = np.zeros((k + 1, k + 1), np.int64)
     np.add.at(overlap, (teacher, student), 1)
-    rows, cols = linear_sum_assignment(-overlap)
-    rename = np.arange(k)
-    rename[rows] = cols
+    rows, cols = linear_sum_assignment(-overlap[1:, 1:])
+    rename = np.arange(k + 1)
+    rename[rows + 1] = cols + 1
     return rename[teacher]
 
 

@@ -477,7 +477,7 @@ def _check_heads(student: Any, teacher: Any, config: TrainConfig) -> None:
     ``create_model(export)`` rebuilds the heads for the registered teacher's width (see
     ``models.head_dims``), so a teacher of another width would train but not reload.
     """
-    _, out_dim = head_dims(student.spec, tiny=config.student_tiny, width=student.width)
+    _, out_dim = head_dims(student.spec, tiny=student.tiny, width=student.width)
     if out_dim != teacher.embed_dim:
         raise ValueError(
             f"the {student.spec.name} student's heads are built for {student.spec.distilled_from}'s"

@@ -28,7 +28,7 @@ import shapely
 from shapely.errors import ShapelyError
 from shapely.geometry import MultiPolygon, mapping, shape
 
-from .._atomic import OutputKind, atomic_path
+from .._atomic import OutputKind, write_json
 from .._memory import too_big
 from .._paths import file_problem
 from .._values import positive_float
@@ -151,10 +151,7 @@ def write_geojson(
 ) -> Path:
     """Write a label map's polygons as GeoJSON, atomically; what is at ``path`` is replaced only
     when it is a GeoJSON map of ours, or with ``overwrite``."""
-    collection = labels_to_geojson(m, split)
-    with atomic_path(path, GEOJSON_KIND, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(collection, allow_nan=False), encoding="utf-8")
-    return Path(path)
+    return write_json(path, labels_to_geojson(m, split), GEOJSON_KIND, overwrite=overwrite, indent=None)
 
 
 # ---- read -----------------------------------------------------------------------------------

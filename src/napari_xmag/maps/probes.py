@@ -14,7 +14,6 @@ from typing import Any
 
 import joblib
 import numpy as np
-import skops.io
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -173,6 +172,8 @@ def load_probe(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> A
 
 def _load_skops(path: Path) -> Any:
     """A skops file whose types skops trusts by default; its untrusted types are named otherwise."""
+    import skops.io  # on demand: importing skops imports torch (its array-API types), ~2.5 s
+
     untrusted = skops.io.get_untrusted_types(file=path)
     if untrusted:
         shown = ", ".join(untrusted[:5]) + (f" and {len(untrusted) - 5} more" if len(untrusted) > 5 else "")

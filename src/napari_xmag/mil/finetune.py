@@ -40,6 +40,7 @@ from ..embed import coords_attributes, embed_patches, iter_patch_batches
 from ..formats.attention import ATTENTION_KIND, AttentionMap, attention_attrs, attention_path, write_attention
 from ..models import create_model, resolve_device, save_model
 from ..models.folder import MODEL_FOLDER_KIND
+from ..provenance import model_identity
 from ..slide import Slide
 from ..tiling import require_patches, slide_pairs
 from .abmil import ABMIL, ABMIL_KIND, class_weights, predict_bag, save_abmil, seeded
@@ -236,8 +237,8 @@ def finetune_cv(
         "format": FINETUNE_FORMAT,
         "labels": str(table.path), "classes": table.classes, "class_counts": table.class_counts(),
         "slides": len(bags), "folds": folds, "seed": seed,
-        "student": {"model": student.name, "weights": student.weights.to_dict(), "tiny": student.tiny},
-        "teacher": None if teacher is None else {"model": teacher.name, "weights": teacher.weights.to_dict()},
+        "student": model_identity(student),  # one identity, as in every other output
+        "teacher": None if teacher is None else model_identity(teacher),
         "settings": asdict(settings),
         "folds_metrics": per_fold, "summary": summary,
         "pooled": classification_metrics(table.y, prob),

@@ -13,7 +13,6 @@ Only ``model`` is required; ``heads``, ``tiny`` and ``overrides`` (architecture 
 from __future__ import annotations
 
 import errno
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from .. import __version__
-from .._atomic import OutputExistsError, OutputKind, atomic_path, read_small_json
+from .._atomic import OutputExistsError, OutputKind, atomic_path, read_small_json, write_json
 from .files import WeightsError, sha256_file
 from .registry import UnknownModelError, get_spec
 
@@ -95,7 +94,7 @@ def save_model(model: Any, folder: str | os.PathLike[str], *, overwrite: bool = 
             "derived_from": model.weights.to_dict(),
             "napari_xmag_version": __version__,
         }
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / CONFIG_NAME, config)
     return folder
 
 

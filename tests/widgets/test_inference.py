@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CMU1, save_screenshot
+from cases import CMU1, save_screenshot
 
 pytest.importorskip("napari")
 # torch, timm and torchvision (which loads triton) before any viewer exists: triton's bundled
@@ -99,7 +99,7 @@ def test_embeds_and_adds_aligned_maps(make_napari_viewer, qtbot, tmp_path) -> No
 
     [pca] = owned(viewer, "pca")
     ref = maps.pca_map(h5)
-    assert isinstance(pca, Image) and pca.rgb and "RANDOM WEIGHTS" in pca.name
+    assert isinstance(pca, Image) and pca.rgb and pca.name.endswith(" · random weights")
     np.testing.assert_allclose(pca.scale, ref.scale)
     np.testing.assert_allclose(pca.translate, ref.translate)
     # by hand (docs/maps.md): CMU-1 at 5x stride 112, step 449 level-0 px, first patch (449, 898)
