@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm  # noqa: F401  # first: importing triton (through timm) after a napari viewer exists crashes under Xvfb
 
 from cases import CMU1
 from feature_sets import PATTERN, feature_set, grid_coords, pattern_features

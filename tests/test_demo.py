@@ -7,9 +7,6 @@ import json
 import numpy as np
 import pytest
 
-# Before any viewer draws: see the note in napari_xmag._widgets.comparison.
-import timm  # noqa: F401
-
 from napari_xmag._demo import demo_layers, demo_viewer
 from napari_xmag.cli import main
 from napari_xmag.compare import read_comparison

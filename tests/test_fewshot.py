@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch._dynamo  # noqa: F401
 
-# torch, timm and torchvision (which loads triton) before any viewer exists: triton's bundled
-# LLVM crashes when first loaded beside Mesa's llvmpipe (the software OpenGL of xvfb runs).
-import napari_xmag.models  # noqa: F401
 from napari_xmag import fewshot
 from two_tissues import MPP, PATCH, STROMA, TUMOUR, centres_um, chosen, painted
 

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch._dynamo  # noqa: F401
-
-# torch, timm and torchvision (which loads triton) before any viewer exists: triton's bundled
-# LLVM crashes when first loaded beside Mesa's llvmpipe (the software OpenGL of xvfb runs).
-import napari_xmag.models  # noqa: F401
 
 WIDTH, HEIGHT, MPP = 2048, 1536, 0.5
 PATCH = 224  # level-0 px (the sample slide is 20x, patches cut at 20x)

@@ -10,7 +10,6 @@ from typing import Any
 from ._reader import slide_layer_data
 from .demo import DemoResult
 from .maps import read_ome_zarr
-from .provenance import tagged_name
 
 LayerData = list[tuple[Any, dict[str, Any], str]]
 
@@ -19,12 +18,8 @@ def demo_layers(result: DemoResult) -> LayerData:
     """Layer data tuples: the slide, then every map the demo wrote (OME-Zarr maps)."""
     layers = [slide_layer_data(str(result.slide))]
     for path in result.outputs.values():
-        if str(path).endswith(".ome.zarr"):
-            for m in read_ome_zarr(path):
-                data, kw, kind = m.layer_data()
-                if "tissue" not in m.name:
-                    kw["name"] = tagged_name(kw["name"], result.weights_random)
-                layers.append((data, kw, kind))
+        if str(path).endswith(".ome.zarr"):  # each named "PCA · slide · random weights" by its map
+            layers.extend(m.layer_data() for m in read_ome_zarr(path))
     return layers
 
 

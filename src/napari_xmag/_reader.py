@@ -1,4 +1,5 @@
-"""napari reader: a thin shim over :class:`napari_xmag.slide.Slide`."""
+"""napari readers: thin shims over :class:`napari_xmag.slide.Slide` (slides) and
+:mod:`napari_xmag.maps` (our map files; QuPath annotations, placed on the open slide)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import openslide
 
 from ._paths import file_problem
-from .maps import is_map_file, map_layers
+from .maps import MapFileError, is_annotation_geojson, is_map_file, map_layers
 from .slide import MissingMppWarning, Slide
 from .slide_checks import damage_reason, not_brightfield_reason
 from .slide_list import SLIDE_SUFFIXES
@@ -64,8 +65,9 @@ def slide_layer_data(path: str, mpp: float | None = None) -> tuple[Any, dict[str
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingMppWarning)
         slide = Slide(path, mpp=mpp)
-    for w in caught:  # re-emit so napari shows it as a notification
+    for w in caught:  # a notification in napari; the warning for scripts and logs
         warnings.warn(str(w.message), w.category, stacklevel=2)
+        _notify(str(w.message))
     try:
         slide.check_readable()  # a corrupt file fails here once, not in every tile later
     except Exception:
@@ -90,19 +92,19 @@ def slide_layer_data(path: str, mpp: float | None = None) -> tuple[Any, dict[str
 
 # ---- our own files: maps as OME-Zarr, label maps as GeoJSON --------------------------------
 def get_map_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerData] | None:
-    """Return :func:`read_maps` for OME-Zarr maps and GeoJSON written by napari-xmag, else None.
+    """Return :func:`read_maps` for OME-Zarr maps and GeoJSON written by napari-xmag, and for
+    GeoJSON polygons in level-0 pixels (QuPath's annotation exports), else None.
 
-    Only files carrying our metadata are claimed: a features store (``<slide>.zarr``, zarr v3
-    with ``coords``/``features``), another tool's OME-Zarr or a plain GeoJSON is left to other
-    readers. Never raises.
+    A features store (``<slide>.zarr``, zarr v3 with ``coords``/``features``), another tool's
+    OME-Zarr or a GeoJSON without polygons is left to other readers. Never raises.
     """
     paths = [path] if isinstance(path, str) else list(path)
     if not paths:
         return None
     try:
-
         for p in paths:
-            if not is_map_file(str(p).rstrip("/\\")):
+            name = str(p).rstrip("/\\")
+            if not (is_map_file(name) or is_annotation_geojson(name)):
                 return None
     except Exception:  # probing must never break napari's reader search
         return None
@@ -110,8 +112,39 @@ def get_map_reader(path: str | list[str]) -> Callable[[str | list[str]], LayerDa
 
 
 def read_maps(path: str | list[str]) -> LayerData:
-    """Layers of our map files, with the scale/translate (µm) that put them on the slide."""
+    """Layers of our map files, with the scale/translate (µm) that put them on the slide; QuPath
+    annotations go on the slide layer in view (its µm/px and position)."""
     layers: LayerData = []
     for p in [path] if isinstance(path, str) else list(path):
-        layers.extend(map_layers(str(p).rstrip("/\\")))
+        name = str(p).rstrip("/\\")
+        if is_map_file(name):
+            layers.extend(map_layers(name))
+            continue
+        slide = _slide_in_view()
+        if slide is None:
+            raise MapFileError(f"{name}: QuPath annotations are in a slide's level-0 pixels: open the"
+                               " slide in napari first, then this file")
+        data, kwargs, kind = map_layers(name, float(slide.metadata["xmag"]["mpp_x"]))[0]
+        kwargs["translate"] = tuple(float(t) for t in slide.translate[-2:])
+        kwargs["metadata"]["xmag_annotations"]["slide_path"] = slide.metadata["xmag"]["path"]
+        layers.append((data, kwargs, kind))
     return layers
+
+
+def _slide_in_view() -> Any:
+    """The slide layer annotations belong to: the selected one, else the topmost, with an mpp."""
+    import napari  # the reader runs inside napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return None
+    slides = [layer for layer in viewer.layers
+              if "xmag" in layer.metadata and layer.metadata["xmag"].get("mpp_x")]
+    active = viewer.layers.selection.active
+    return active if active in slides else (slides[-1] if slides else None)
+
+
+def _notify(message: str) -> None:
+    from napari.utils.notifications import show_warning  # the reader runs inside napari
+
+    show_warning(message)

@@ -13,6 +13,9 @@ covers ``[(x - 0.5) * mpp, (x + size - 0.5) * mpp)``):
 * **Points** (each with a class id): a point selects every patch whose **footprint** holds it
   (up to 4 patches at half-patch stride). A patch that points of two different classes select
   is left out as ambiguous.
+* **Shapes** (polygons or rectangles, each with a class: an id or a name, e.g. a QuPath
+  annotation's classification): a patch is taken when its **centre** lies inside a shape of
+  one class only. Named classes keep their names in the probe (``Tumor``, ``Stroma``).
 
 The probe is :func:`napari_xmag.maps.fit_linear_probe` (standardised features, a class-balanced
 logistic regression: the one probe recipe of the package), a
@@ -55,6 +58,7 @@ __all__ = [
     "load_probe",
     "patches_under_labels",
     "patches_under_points",
+    "patches_under_shapes",
     "predict_maps",
     "save_probe",
     "train_probe",
@@ -73,6 +77,10 @@ class Selection:
 
     index: np.ndarray  # (M,) int64
     classes: np.ndarray  # (M,) int64
+    names: tuple[tuple[int, str], ...] = ()  # class id -> name, for annotations that name them
+
+    def name(self, class_id: int) -> str:
+        return dict(self.names).get(class_id, f"class {class_id}")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -97,7 +105,7 @@ class FewShotResult:
         return sorted(self.selection.counts())
 
     def summary(self) -> str:
-        counts = ", ".join(f"class {k}: {n}" for k, n in self.selection.counts().items())
+        counts = ", ".join(f"{self.selection.name(k)}: {n}" for k, n in self.selection.counts().items())
         return (
             f"probe trained on {len(self.selection)} patches ({counts});"
             f" training accuracy {self.training_accuracy:.0%}"
@@ -229,6 +237,57 @@ def patches_under_points(
     return Selection(index.astype(np.int64), hi[index])
 
 
+def patches_under_shapes(
+    data: FeatureSet,
+    polygons_yx: Sequence[np.ndarray],
+    classes: Sequence[int | str],
+    *,
+    slide_mpp: float | None = None,
+) -> Selection:
+    """Patches whose centre lies inside a shape (world µm, rows of y, x, in the slide's frame).
+
+    ``classes``: one per shape, an id (>= 1) or a name; names become ids 1, 2, ... in order of
+    first appearance and keep their names. A patch inside shapes of two classes is left out.
+    """
+    import shapely  # the geometry of the GeoJSON exports too
+
+    if len(polygons_yx) == 0:
+        raise FewShotError("the shapes layer is empty: draw a few regions on each tissue type")
+    if len(classes) != len(polygons_yx):
+        raise FewShotError(f"{len(polygons_yx)} shapes but {len(classes)} classes")
+    names: dict[str, int] = {}
+    ids = []
+    for c in classes:
+        if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+            if c < 1:
+                raise FewShotError("shape classes are ids 1, 2, ... or names (0 means unlabelled)")
+            ids.append(int(c))
+        else:
+            ids.append(names.setdefault(str(c), len(names) + 1))
+    if names and len(names) != len(set(ids)):
+        raise FewShotError("give the shapes' classes as names or as ids, not both")
+    coords, size, mpp, extent = _geometry(data, slide_mpp)
+    centres = level0_to_um(coords + size / 2, mpp)  # (N, 2) x, y
+    cls = np.zeros(len(coords), np.int64)
+    clash = np.zeros(len(coords), bool)
+    on_slide = False
+    for poly, k in zip(polygons_yx, ids, strict=True):
+        ring = np.asarray(poly, np.float64).reshape(-1, 2)
+        if len(ring) < 3:
+            continue
+        on_slide = on_slide or not _outside(ring, extent, mpp).all()
+        shape = shapely.Polygon(ring[:, ::-1]).buffer(0)  # x, y; buffer(0) mends self-crossings
+        inside = shapely.contains_xy(shape, centres[:, 0], centres[:, 1])
+        clash |= inside & (cls > 0) & (cls != k)
+        cls[inside & (cls == 0)] = k
+    if not on_slide:
+        raise FewShotError("the shapes lie outside the slide: draw them over the slide (is the layer"
+                           " on another slide, or in pixels rather than µm?)")
+    cls[clash] = 0
+    index = np.flatnonzero(cls > 0)
+    return Selection(index.astype(np.int64), cls[index], tuple((i, n) for n, i in names.items()))
+
+
 # ---- the probe ------------------------------------------------------------------------------
 def train_probe(features: np.ndarray, selection: Selection, *, c: float = 1.0, seed: int = 0) -> LinearProbe:
     """Standardised features -> balanced ``LogisticRegression``, as a :class:`LinearProbe`
@@ -246,7 +305,7 @@ def train_probe(features: np.ndarray, selection: Selection, *, c: float = 1.0, s
             " classes; annotate another tissue type with another class id"
         )
     x = np.asarray(features, np.float64)[selection.index]
-    names = [f"class {k}" for k in sorted(counts)]
+    names = [selection.name(k) for k in sorted(counts)]
     return fit_linear_probe(x, selection.classes, c=c, seed=seed, class_names=names)
 
 
@@ -266,25 +325,29 @@ def fewshot_probe(
     *,
     labels: tuple[np.ndarray, Sequence[float], Sequence[float]] | None = None,
     points: tuple[np.ndarray, Sequence[int]] | None = None,
+    shapes: tuple[Sequence[np.ndarray], Sequence[int | str]] | None = None,
     slide_mpp: float | None = None,
     c: float = 1.0,
 ) -> FewShotResult:
     """Train on the annotated patches and map the whole slide.
 
-    ``labels``: ``(raster, scale, translate)``; ``points``: ``(points_yx_um, class_ids)``; both
-    in world µm in the slide's frame. Give one or the other.
+    ``labels``: ``(raster, scale, translate)``; ``points``: ``(points_yx_um, class_ids)``;
+    ``shapes``: ``(polygons_yx_um, classes)`` (ids or names, e.g. QuPath's); all in world µm in
+    the slide's frame. Give one of the three.
     """
     data = features if isinstance(features, FeatureSet) else load_features(features)
-    if (labels is None) == (points is None):
-        raise FewShotError("give the annotations as a labels layer or as points, one of the two")
+    if sum(a is not None for a in (labels, points, shapes)) != 1:
+        raise FewShotError("give the annotations as a labels layer, points or shapes: one of the three")
     if labels is not None:
         selection = patches_under_labels(data, *labels, slide_mpp=slide_mpp)
-    else:
-        assert points is not None
+    elif points is not None:
         selection = patches_under_points(data, points[0], points[1], slide_mpp=slide_mpp)
+    else:
+        assert shapes is not None
+        selection = patches_under_shapes(data, shapes[0], shapes[1], slide_mpp=slide_mpp)
     probe = train_probe(data.features, selection, c=c)
     prob = probe.predict_proba(data.features[selection.index])
-    ids = np.array([int(name.split()[-1]) for name in probe.classes_])
+    ids = np.array(sorted(selection.counts()))  # the probe's classes, in increasing id order
     accuracy = float((ids[prob.argmax(axis=1)] == selection.classes).mean())
     # from the file when there is one: the maps then record it (features_path) for the writers
     source = data if isinstance(features, FeatureSet) else features

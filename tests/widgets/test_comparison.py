@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from cases import CMU1, save_screenshot
-from napari_xmag._reader import slide_layer_data
 from napari_xmag._widgets.comparison import RANDOM, ROLE, WHOLE_SLIDE, ComparisonWidget, roi_from_rectangle
 from napari_xmag.compare import cosine_map, read_comparison
 from napari_xmag.compare import report_rows as table_rows
+from viewers import open_slide, wait_for
 
 # CMU-1's 5x grid steps 898 level-0 px; this ROI holds the middle column's 2nd and 3rd patches.
 ROI = (898, 898, 898, 1796)
@@ -22,8 +22,7 @@ def _tiny_models(monkeypatch) -> None:
 
 
 def _widget(viewer) -> ComparisonWidget:
-    data, kw, _ = slide_layer_data(str(CMU1.path))
-    viewer.add_image(data, **kw)
+    open_slide(viewer, CMU1.path)
     widget = ComparisonWidget(viewer)
     widget._weights_edit.value = RANDOM
     return widget
@@ -31,8 +30,9 @@ def _widget(viewer) -> ComparisonWidget:
 
 def _run(widget, qtbot) -> None:
     widget._on_run()
-    assert widget._worker is not None and not widget._run_button.enabled
-    qtbot.waitUntil(lambda: widget._run_button.enabled, timeout=60_000)
+    assert not widget._run_button.enabled
+    wait_for(qtbot, widget.task)
+    assert widget._run_button.enabled
 
 
 def _cell(value):
@@ -77,9 +77,12 @@ def test_run_on_roi_shows_layers_and_table(make_napari_viewer, qtbot, tmp_path) 
     expected = cosine_map(result)
     owned = {layer.metadata[ROLE]: layer for layer in viewer.layers if ROLE in layer.metadata}
     assert set(owned) == {"cosine", "student slide", "student clusters", "teacher slide",
-                          "teacher clusters", "captions"}
+                          "teacher clusters"}  # no canvas text: captions are in the dock and overlay
+    assert viewer.text_overlay.visible and "teacher clusters" in viewer.text_overlay.text
+    assert [e.kind for e in widget.legend.entries] == ["colorbar", "classes", "classes"]
+    assert widget.legend.entries[0].units.startswith("cosine")
     cos = owned["cosine"]
-    assert cos.name == expected.name
+    assert cos.name == expected.layer_data()[1]["name"] == "cosine · CMU-1-Small-Region · random weights"
     np.testing.assert_allclose(cos.scale, expected.scale)
     np.testing.assert_allclose(cos.translate, expected.translate)
     np.testing.assert_array_equal(cos.data, expected.data)  # NaN where not scored
@@ -90,7 +93,7 @@ def test_run_on_roi_shows_layers_and_table(make_napari_viewer, qtbot, tmp_path) 
     width = CMU1.level_dimensions[0][0] * MPP
     for i, side in enumerate(("student", "teacher"), start=1):
         labels = owned[f"{side} clusters"]
-        assert labels.name.startswith(f"{side} k-means") and labels.name.endswith(" · random weights")
+        assert labels.name.startswith(f"{side} clusters · ") and labels.name.endswith(" · random weights")
         np.testing.assert_allclose(labels.scale, expected.scale)
         np.testing.assert_allclose(labels.translate, np.add(expected.translate, (0, i * width * 1.05)))
         assert labels.data.max() >= 1 and (labels.data > 0).sum() == 2
@@ -108,6 +111,13 @@ def test_run_on_roi_shows_layers_and_table(make_napari_viewer, qtbot, tmp_path) 
     assert rows_["CKA"] == f"{result.report['cka']:.3f}"
     assert rows_["ARI"].startswith(f"{result.report['ari']:.3f}")
     assert rows_["weights"] == "RANDOM: student, teacher"
+    assert rows_["caveat"].startswith("2 patches: CKA, ARI and the cosine from fewer than 30")
+    names = [layer.name for layer in viewer.layers]
+    assert len({n[:18] for n in names}) == len(names), names
+    # the view frames the three panels: the teacher's, two slide widths to the right, is in it
+    teacher = owned["teacher clusters"]
+    centre_x = viewer.camera.center[-1] if hasattr(viewer, "camera") else viewer.scene.camera.center[-1]
+    assert width < centre_x < teacher.translate[-1] + width
 
     # Load the folder into a fresh widget: the same layers, the same table
     viewer2 = make_napari_viewer()
@@ -126,10 +136,10 @@ def test_cancel_writes_nothing(make_napari_viewer, qtbot, tmp_path) -> None:
     out = tmp_path / "cancelled"
     widget._out_edit.value = out
     widget._on_run()
-    widget._on_cancel()
-    qtbot.waitUntil(lambda: widget._run_button.enabled, timeout=60_000)
+    widget.task.cancel()
+    wait_for(qtbot, widget.task)
     assert widget.result is None
-    assert widget._status.value == "Cancelled: nothing was written."
+    assert widget._status.value.startswith("Cancelled") and "nothing was written" in widget._status.value
     assert not out.exists()
     assert not [layer for layer in viewer.layers if ROLE in layer.metadata]
 

@@ -8,31 +8,13 @@ import numpy as np
 import pytest
 
 from cases import CMU1, save_screenshot
-
-pytest.importorskip("napari")
-# torch, timm and torchvision (which loads triton) before any viewer exists: triton's bundled
-# LLVM crashes when first loaded beside Mesa's llvmpipe (the software OpenGL of xvfb runs).
-import torch._dynamo  # noqa: F401
-
-import napari_xmag.models  # noqa: F401
-
-pytestmark = pytest.mark.skipif(not CMU1.path.exists(), reason="CMU-1 test slide not available")
-
-TIMEOUT_MS = 60_000
-
+from viewers import open_slide, wait_for
+from viewers import owned as owned_by
 
 
 @pytest.fixture(autouse=True)
 def _tiny_models(monkeypatch) -> None:
     monkeypatch.setenv("XMAG_MODELS", "tiny-random")  # the documented switch: tiny random models
-
-def open_slide(viewer, path):
-    from napari.layers import Layer
-
-    from napari_xmag._reader import slide_layer_data
-
-    return viewer.add_layer(Layer.create(*slide_layer_data(str(path))))
-
 
 def make_widget(viewer, tmp_path, **maps):
     from napari_xmag._widgets.inference import InferenceWidget
@@ -49,22 +31,11 @@ def make_widget(viewer, tmp_path, **maps):
 
 def run(qtbot, widget) -> None:
     widget._on_run()
-    wait(qtbot, widget)
-
-
-def wait(qtbot, widget) -> None:
-    """Until the widget has handled its worker's end (a fast worker may finish before a
-    ``waitSignal`` could connect, so wait on the widget's state instead)."""
-    assert widget._worker is not None
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=TIMEOUT_MS)
+    wait_for(qtbot, widget.task)
 
 
 def owned(viewer, role):
-    return [
-        layer for layer in viewer.layers
-        if isinstance(layer.metadata.get("xmag-inference"), dict)
-        and layer.metadata["xmag-inference"]["role"] == role
-    ]
+    return owned_by(viewer, "xmag-inference", role)
 
 
 def test_embeds_and_adds_aligned_maps(make_napari_viewer, qtbot, tmp_path) -> None:
@@ -85,7 +56,7 @@ def test_embeds_and_adds_aligned_maps(make_napari_viewer, qtbot, tmp_path) -> No
     timer.timeout.connect(lambda: ticks.append(1))
     timer.start()
     widget._on_run()
-    wait(qtbot, widget)
+    wait_for(qtbot, widget.task)
     timer.stop()
     # the event loop kept turning while the worker embedded: the viewer stayed responsive
     assert len(ticks) >= 20, len(ticks)
@@ -112,13 +83,21 @@ def test_embeds_and_adds_aligned_maps(make_napari_viewer, qtbot, tmp_path) -> No
     assert isinstance(km, Labels)
     assert set(np.unique(km.data)) <= set(range(5)) and km.data.max() >= 2
     np.testing.assert_allclose(km.translate, ref.translate)
-    assert km.metadata["weights_random"] is True
+    assert km.metadata["xmag_map"]["weights_random"] is True and km.name.startswith("k-means (k=4) · ")
 
     [mask] = owned(viewer, "mask")
     assert isinstance(mask, Labels) and set(np.unique(mask.data)) == {0, 1}
     ds = mask.metadata["xmag_map"]["grid"]["step_x"]  # mask pixels of `ds` level-0 px
     np.testing.assert_allclose(mask.scale, (ds * 0.499, ds * 0.499), rtol=1e-3)
     np.testing.assert_allclose(mask.translate, ((0.5 * ds - 0.5) * 0.499,) * 2, rtol=1e-3)
+
+    assert pca.name.startswith("PCA · CMU-1-Small-Region")
+    # one legend per map: PCA's key, the clusters' and the mask's classes, the grid's swatch
+    kinds = [entry.kind for entry in widget.legend.entries]
+    assert kinds == ["rgb", "classes", "classes", "outline"], kinds
+    assert [name for name, _ in widget.legend.entries[1].classes] == [f"cluster {i}" for i in range(1, 5)]
+    names = [layer.name for layer in viewer.layers]
+    assert len({n[:18] for n in names}) == len(names), names  # they stay apart in the layer list
 
     [grid] = owned(viewer, "grid")
     assert isinstance(grid, Shapes) and grid.nshapes == len(data) == 18
@@ -145,8 +124,8 @@ def test_cancel_writes_nothing(make_napari_viewer, qtbot, tmp_path) -> None:
     open_slide(viewer, CMU1.path)
     widget = make_widget(viewer, tmp_path)
     widget._on_run()
-    widget._on_cancel()  # before the first batch: stops at once
-    wait(qtbot, widget)
+    widget.task.cancel()  # before the first batch: stops at once
+    wait_for(qtbot, widget.task)
     assert widget._status.value.startswith("Cancelled"), widget._status.value
     assert not list((tmp_path / "features").rglob("*.h5"))
     assert len(viewer.layers) == 1 and widget._run_button.enabled

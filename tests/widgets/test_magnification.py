@@ -8,6 +8,7 @@ import pytest
 from cases import BOXES, CMU1, save_screenshot, tissue_fraction
 from napari_xmag.magnification import MAGNIFICATIONS
 from napari_xmag.slide import MissingMppWarning
+from viewers import canvas_text, wait_for
 
 X = "\N{MULTIPLICATION SIGN}"
 NAMED_MPP = {"2.5x": 4.0, "5x": 2.0, "10x": 1.0, "20x": 0.5, "40x": 0.25}
@@ -19,6 +20,12 @@ def open_cmu1(viewer):
 
     [layer] = viewer.open(str(CMU1.path), plugin="napari-xmag")
     return layer, MagnificationExplorer(viewer)
+
+
+def show(qtbot, widget) -> None:
+    """Press *Show magnifications* and wait for the pictures (read in the background)."""
+    widget._on_show()
+    wait_for(qtbot, widget.task)
 
 
 def camera(viewer):
@@ -41,15 +48,15 @@ def assert_patch_centre(viewer, centre) -> None:
     np.testing.assert_allclose(world_vertices(owned(viewer, "footprint")[0])[0].mean(0), centre, atol=0.5)
 
 
-def test_widget_shows_five_views_and_the_footprint(make_napari_viewer) -> None:
-    from napari.layers import Image, Points, Shapes
+def test_widget_shows_five_views_and_the_footprint(make_napari_viewer, qtbot) -> None:
+    from napari.layers import Image, Shapes
 
     viewer = make_napari_viewer()
     slide_layer, widget = open_cmu1(viewer)
     assert widget._slide_edit.value is slide_layer
     widget._source_edit.value = "view centre"
     camera(viewer).center = (0, 1480 * 0.499, 1110 * 0.499)  # level-0 (1110.5, 1480.5)
-    widget._on_show()
+    show(qtbot, widget)
     panels = [layer for layer in viewer.layers if isinstance(layer, Image) and layer is not slide_layer]
     assert [p.metadata["xmag-explorer"] for p in panels] == list(MAGNIFICATIONS)
     assert [p.data.shape[0] for p in panels] == [112, 224, 448, 896, 1792]
@@ -68,17 +75,18 @@ def test_widget_shows_five_views_and_the_footprint(make_napari_viewer) -> None:
     tops = [p.translate[-2] - p.scale[-2] / 2 for p in panels]
     np.testing.assert_allclose(tops, (1480.5 - 448 / 0.499 / 2 - 0.5) * 0.499, rtol=1e-6)
 
-    [captions] = owned(viewer, "captions")
-    assert isinstance(captions, Points) and len(captions.data) == 5
-    texts = list(captions.features["caption"])
-    assert texts[0].startswith(f"2.5x · 4.00 µm/px\n112 {X} 112 px\nlevel 0 ÷ 8.018")
-    assert texts[-1].endswith("enlarged from 20x scan\nno extra detail")
-    assert list(captions.features["colour"]) == ["#ffffff"] * 4 + ["#ffa040"]  # the enlarged one stands out
-    [title] = owned(viewer, "title")
-    assert f"448 {X} 448 µm field at 5 magnifications" in title.features["caption"][0]
+    # the captions: in the dock, one line per picture left to right, and in the text overlay
+    captions = widget._captions.value
+    assert f"448 {X} 448 µm field at 5 magnifications" in captions
+    lines = captions.split("<br>")[2:]
+    assert lines[0].startswith(f"2.5x · 4.00 µm/px · 112 {X} 112 px · level 0 ÷ 8.018")
+    assert "#ffa040" in lines[-1] and "no extra detail" in lines[-1]  # the enlarged one stands out
+    assert viewer.text_overlay.visible and viewer.text_overlay.text.startswith("2.5x  ·  5x  ·  10x")
+    assert canvas_text(viewer) == {}  # no canvas text at all
     assert "40x: enlarged from 20x scan, no extra detail" in widget._status.value
-    assert list(widget._table.column_headers) == list(MAGNIFICATIONS)
-    assert widget._table.data.to_list()[5] == [2, 4, 16, 54, 224]  # patches per slide
+    assert [r["magnification"] for r in widget.rows] == list(MAGNIFICATIONS)
+    assert [r["patches/slide"] for r in widget.rows] == [2, 4, 16, 54, 224]  # patches per slide
+    assert [e.kind for e in widget.legend.entries] == ["outline"]
 
     [shapes] = owned(viewer, "footprint")
     assert isinstance(shapes, Shapes) and len(shapes.data) == 2 + 32
@@ -103,11 +111,11 @@ def test_widget_shows_five_views_and_the_footprint(make_napari_viewer) -> None:
     # again, elsewhere: the same layers, updated in place
     before = list(viewer.layers)
     camera(viewer).center = (0, 1000 * 0.499, 900 * 0.499)
-    widget._on_show()
+    show(qtbot, widget)
     assert len(viewer.layers) == len(before) and all(p in viewer.layers for p in panels)
 
 
-def test_widget_takes_a_point_or_a_rectangle(make_napari_viewer) -> None:
+def test_widget_takes_a_point_or_a_rectangle(make_napari_viewer, qtbot) -> None:
     viewer = make_napari_viewer()
     slide_layer, widget = open_cmu1(viewer)
     points = viewer.add_points([[700.0, 500.0], [740.0, 560.0]], name="here")  # world µm (y, x)
@@ -118,7 +126,7 @@ def test_widget_takes_a_point_or_a_rectangle(make_napari_viewer) -> None:
 
     widget._source_edit.value = points  # the last point, none being selected
     widget._fov_edit.value = 224.0
-    widget._on_show()
+    show(qtbot, widget)
     assert owned(viewer, "5x"), widget._status.value
     [five] = owned(viewer, "5x")
     assert five.data.shape[:2] == (112, 112)
@@ -128,14 +136,14 @@ def test_widget_takes_a_point_or_a_rectangle(make_napari_viewer) -> None:
     kinds = list(shapes.features["kind"])  # 224 µm field inside the 448 µm patch: no picture outlines
     assert kinds == ["student"] + ["teacher"] * 16 + ["field"] and shapes.nshapes == 18
     np.testing.assert_allclose(shapes.edge_color[-1], [1, 1, 1, 1])  # the field is white
-    assert list(shapes.text.values[[0, 17]]) == ["5x student patch (224 px)", "field of view"]
+    assert list(shapes.features["label"][[0, 17]]) == ["5x student patch (224 px)", "field of view"]
 
     points.selected_data = {0}
-    widget._on_show()
+    show(qtbot, widget)
     assert_patch_centre(viewer, [700, 500])
 
     widget._source_edit.value = rectangles  # 200 x 100 µm
-    widget._on_show()
+    show(qtbot, widget)
     assert owned(viewer, "20x")[0].data.shape[:2] == (200, 400)
     assert owned(viewer, "2.5x")[0].data.shape[:2] == (25, 50)
     field = world_vertices(owned(viewer, "footprint")[0])[-1]
@@ -146,10 +154,12 @@ def test_widget_takes_a_point_or_a_rectangle(make_napari_viewer) -> None:
     widget._follow_edit.value = True
     centre = tuple(camera(viewer).center)
     points.data = np.array([[1000.0, 300.0]])
+    wait_for(qtbot, widget.task)
     assert_patch_centre(viewer, [1000, 300])
     assert tuple(camera(viewer).center) == centre  # following leaves the view where it is
     widget._follow_edit.value = False
     points.data = np.array([[1200.0, 300.0]])
+    assert not widget.task.running
     assert_patch_centre(viewer, [1000, 300])
 
 
@@ -174,7 +184,7 @@ def test_widget_says_what_is_wrong(make_napari_viewer) -> None:
         [no_mpp] = viewer.open(str(BOXES.path), plugin="napari-xmag")
     widget._slide_edit.value = no_mpp
     widget._on_show()
-    assert "boxes.tiff: the slide records no µm per pixel" in widget._status.value
+    assert "boxes records no µm per pixel" in widget._status.value and "mpp override" in widget._status.value
     assert len(viewer.layers) == 3
 
 
@@ -194,7 +204,7 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path) -> None:
     qtbot.wait(50)  # let the canvas take its size before the widget frames the row
     widget._source_edit.value = "view centre"
     camera(viewer).center = (0, 1505 * 0.499, 1090 * 0.499)
-    widget._on_show()
+    show(qtbot, widget)
     shot = viewer.screenshot(canvas_only=True, flash=False)
     save_screenshot(shot, "explorer-cmu1.png", tmp_path)
     h, w = shot.shape[:2]
@@ -208,11 +218,11 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path) -> None:
     # a field small enough for the screen to show every pixel: detail appears, then stops at 20x
     widget._fov_edit.value = 112.0
     camera(viewer).center = (0, 1505 * 0.499, 1090 * 0.499)
-    widget._on_show()
+    show(qtbot, widget)
     save_screenshot(viewer.screenshot(canvas_only=True, flash=False), "explorer-cmu1-detail.png", tmp_path)
     # the slide with the footprint: the 5x patch and its 16 teacher crops on the tissue
     widget._fov_edit.value = 448.0
     camera(viewer).center = (0, 1505 * 0.499, 1090 * 0.499)
-    widget._on_show()
+    show(qtbot, widget)
     viewer.fit_to_view(layers=[slide_layer])
     save_screenshot(viewer.screenshot(canvas_only=True, flash=False), "explorer-cmu1-slide.png", tmp_path)

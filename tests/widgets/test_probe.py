@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-import torch._dynamo  # noqa: F401
 
-# torch, timm and torchvision (which loads triton) before any viewer exists: triton's bundled
-# LLVM crashes when first loaded beside Mesa's llvmpipe (the software OpenGL of xvfb runs).
-import napari_xmag.models  # noqa: F401
 from cases import save_screenshot
 from napari_xmag import fewshot
 from two_tissues import chosen, painted
-
-
-# ---- widget -------------------------------------------------------------------------------
-def open_slide(viewer, path):
-    from napari.layers import Layer
-
-    from napari_xmag._reader import slide_layer_data
-
-    return viewer.add_layer(Layer.create(*slide_layer_data(str(path))))
+from viewers import open_slide, wait_for
+from viewers import owned as owned_by
 
 
 def owned(viewer, role):
-    return [
-        layer for layer in viewer.layers
-        if isinstance(layer.metadata.get("xmag-probe"), dict) and layer.metadata["xmag-probe"]["role"] == role
-    ]
+    return owned_by(viewer, "xmag-probe", role)
 
 
-def trained_widget(viewer, embedded):
+def trained_widget(viewer, embedded, qtbot):
     from napari_xmag._widgets.probe import ProbeWidget
 
     slide, path, data, truth = embedded
@@ -42,19 +28,24 @@ def trained_widget(viewer, embedded):
     widget._features_edit.value = path
     widget._annotations_edit.value = annotations
     widget._on_train()
+    wait_for(qtbot, widget.task)  # trained in the background: the UI stays live
     return widget, slide_layer
 
 
-def test_widget_trains_saves_and_loads(make_napari_viewer, embedded, tmp_path) -> None:
+def test_widget_trains_saves_and_loads(make_napari_viewer, embedded, tmp_path, qtbot) -> None:
     from napari.layers import Image, Labels
 
     viewer = make_napari_viewer()
-    widget, _ = trained_widget(viewer, embedded)
+    widget, _ = trained_widget(viewer, embedded, qtbot)
     assert widget._status.value.startswith("probe trained on 8 patches"), widget._status.value
     [seg] = owned(viewer, "segmentation")
     heat = owned(viewer, "heatmaps")
     assert isinstance(seg, Labels) and set(np.unique(seg.data)) <= {0, 1, 2}
     assert len(heat) == 2 and all(isinstance(h, Image) for h in heat)
+    # the sample slide's features come from random weights: every probe layer says so, kind first
+    assert [h.name for h in heat] == [f"probe class {i} · sample · random weights" for i in (1, 2)]
+    assert seg.name == "probe classes · sample · random weights"
+    assert [e.kind for e in widget.legend.entries] == ["colorbar", "colorbar", "classes"]
     expected = fewshot.predict_maps(embedded[1], widget._probe)[1]
     np.testing.assert_allclose(seg.scale, expected.scale)
     np.testing.assert_allclose(seg.translate, expected.translate)
@@ -65,12 +56,13 @@ def test_widget_trains_saves_and_loads(make_napari_viewer, embedded, tmp_path) -
     assert (tmp_path / "tumour.npz").is_file()
     widget._probe = None
     widget._on_load()
+    wait_for(qtbot, widget.task)
     [seg] = owned(viewer, "segmentation")  # replaced, not duplicated
     np.testing.assert_array_equal(seg.data, before)
     assert len(owned(viewer, "heatmaps")) == 2
 
 
-def test_widget_says_what_is_wrong(make_napari_viewer, embedded, tmp_path) -> None:
+def test_widget_says_what_is_wrong(make_napari_viewer, embedded, tmp_path, qtbot) -> None:
     from napari_xmag._widgets.probe import ProbeWidget
 
     viewer = make_napari_viewer()
@@ -84,9 +76,11 @@ def test_widget_says_what_is_wrong(make_napari_viewer, embedded, tmp_path) -> No
     widget._features_edit.value = tmp_path / "missing.h5"
     annotations.data[10:12, 10:12] = 1
     widget._on_train()
+    wait_for(qtbot, widget.task)
     assert "inference widget" in widget._status.value
     widget._features_edit.value = embedded[1]
     widget._on_train()
+    wait_for(qtbot, widget.task)
     assert "at least 2 classes" in widget._status.value or "no embedded patch" in widget._status.value
 
 
@@ -101,7 +95,7 @@ def test_npe2_offers_the_widget(make_napari_viewer) -> None:
 def test_screenshot(make_napari_viewer, qtbot, embedded, tmp_path) -> None:
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1500, 900)
-    widget, _ = trained_widget(viewer, embedded)
+    widget, _ = trained_widget(viewer, embedded, qtbot)
     viewer.window.add_dock_widget(widget, name="XMAG few-shot probe", area="right")
     for layer in owned(viewer, "heatmaps"):
         layer.visible = False

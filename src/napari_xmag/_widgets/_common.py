@@ -44,6 +44,45 @@ def slide_info(layer: Any) -> tuple[str, float | None]:
     return str(meta["path"]), mpp
 
 
+MPP_OVERRIDE_TIP = ("µm per pixel of the slide's level 0, for a slide that does not record it"
+                    " (or records it wrongly); 0 = the file's own. A 20x scan is about 0.5.")
+
+
+def mpp_override_edit() -> Any:
+    """The one mpp-override control (the CLI's --mpp-override); 0 means the file's own."""
+    from magicgui.widgets import FloatSpinBox
+
+    return FloatSpinBox(label="mpp override", value=0.0, min=0.0, max=100.0, step=0.001,
+                        tooltip=MPP_OVERRIDE_TIP)
+
+
+def layer_mpp_override(layer: Any) -> float:
+    """The override a slide layer carries (0.0: none), to show in a widget's mpp field."""
+    _, mpp = slide_info(layer)
+    return float(mpp or 0.0)
+
+
+def apply_mpp_override(layer: Any, mpp: float) -> bool:
+    """Give a slide layer an mpp override, kept in its metadata (so every widget and the writer
+    see it) and in its scale (so the slide is drawn in µm). Returns whether it changed."""
+    meta = layer.metadata["xmag"]
+    if not mpp or mpp <= 0 or (meta.get("mpp_source") == "override" and meta.get("mpp_x") == mpp):
+        return False
+    meta.update(mpp_x=float(mpp), mpp_y=float(mpp), mpp_source="override")
+    layer.scale = (*layer.scale[:-2], float(mpp), float(mpp))
+    layer.units = ("um",) * layer.ndim
+    return True
+
+
+def slide_needs_mpp(layer: Any) -> str | None:
+    """Why this slide cannot be used at a magnification yet (no mpp, no override), or None."""
+    meta = layer.metadata["xmag"]
+    if meta.get("mpp_x"):
+        return None
+    return (f"{layer.name} records no µm per pixel, so it cannot be cut at a magnification: enter its"
+            " mpp override above (e.g. 0.5 for a 20x scan, 0.25 for 40x) and run again.")
+
+
 def slide_offset(layer: Any) -> np.ndarray:
     """World offset (µm, y, x) of the slide layer: maps are placed relative to it."""
     return np.asarray(layer.translate[-2:], np.float64)

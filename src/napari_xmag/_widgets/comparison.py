@@ -11,31 +11,39 @@ run (or ``xmag compare``) wrote. Three panels appear side by side, each over the
   patches, their colours matched to the student's clusters (the ARI compares these two).
 
 Side by side rather than stacked, so that the two clusterings can be compared at a glance and
-the cosine map never hides them; the copies share the slide's pyramid (no extra memory). The
-table gives patch counts, wall times, speed-up, cosine, CKA and ARI from the report.
+the cosine map never hides them; the copies share the slide's pyramid (no extra memory). After
+a run the view frames the three panels; what they are is said in napari's text overlay and in
+the dock (never as canvas text), with the cosine's colour bar and the clusters' key. The table
+gives patch counts, wall times, speed-up, cosine, CKA and ARI from the report, with a caveat
+under 30 patches. Models load and run in the background.
 """
 
 from __future__ import annotations
 
-import functools
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
 from napari.layers import Shapes
-from napari.qt.threading import thread_worker
-from napari.utils import progress
-from qtpy.QtCore import QObject, Signal
 
 from napari_xmag import compare, maps
 from napari_xmag._paths import user_cache_dir
-from napari_xmag._widgets._common import slide_layers
-from napari_xmag.compare import matched_labels, report_rows
+from napari_xmag._widgets._common import (
+    apply_mpp_override,
+    layer_mpp_override,
+    mpp_override_edit,
+    slide_info,
+    slide_layers,
+    slide_needs_mpp,
+)
+from napari_xmag._widgets._legend import Legend
+from napari_xmag._widgets._task import BackgroundTask, notify
+from napari_xmag.compare import SMALL_SAMPLE, matched_labels, report_rows
 from napari_xmag.embed import EmbedCancelled
+from napari_xmag.models.precision import PRECISIONS
 from napari_xmag.models.registry import list_models
-from napari_xmag.provenance import tagged_name
+from napari_xmag.provenance import random_weights_warning, tagged_name
 from napari_xmag.slide import um_to_level0
 
 if TYPE_CHECKING:
@@ -44,10 +52,9 @@ if TYPE_CHECKING:
 #: Metadata key of the layers this widget owns; its value names the layer's role.
 ROLE = "xmag-comparison"
 WHOLE_SLIDE = "whole slide (GPU)"
-RANDOM = "random (tests only: the numbers carry NO meaning)"
+RANDOM = "random"
 WEIGHTS = ("auto", RANDOM)
 GAP = 0.05  # between the panels, as a fraction of the slide width
-CAPTION_SIZE = 12
 
 
 def roi_from_rectangle(
@@ -79,8 +86,12 @@ class ComparisonWidget(Container):
         self._teacher_edit = ComboBox(label="teacher", choices=teachers, value=teachers[0])
         self._weights_edit = ComboBox(
             label="weights", choices=WEIGHTS, value="auto",
-            tooltip="auto: each model's own weights (hub or cache); random: for tests only",
+            tooltip="auto: each model's own weights (hub or cache); random: untrained, for trying the"
+            " plumbing only (every number and map is then noise)",
         )
+        self._mpp_override_edit = mpp_override_edit()
+        self._precision_edit = ComboBox(label="precision", choices=PRECISIONS, value="auto",
+                                        tooltip="as xmag compare --precision")
         self._roi_edit = ComboBox(
             label="where", choices=self._roi_sources,
             tooltip="the whole slide (hours of teacher time on a CPU), or the selected (or last)"
@@ -90,26 +101,30 @@ class ComparisonWidget(Container):
                                   tooltip="where compare.h5 and report.json go (Run) or are (Load)")
         self._run_button = PushButton(text="Run")
         self._load_button = PushButton(text="Load")
-        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._cancel_button = PushButton(text="Cancel")
         buttons = Container(widgets=[self._run_button, self._load_button, self._cancel_button],
                             layout="horizontal", labels=False)
         self._table = Table()
         self._table.read_only = True
+        self._table.native.setMaximumHeight(300)  # it scrolls: the dock fits a 1000 px screen
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
-        self.extend([self._slide_edit, self._student_edit, self._teacher_edit, self._weights_edit,
-                     self._roi_edit, self._out_edit, buttons, self._table, self._status])
-        self._worker: Any = None
-        self._cancel: threading.Event | None = None
-        self._progress: Any = None
-        self._signals: Any = None
+        self.legend = Legend()
+        self.extend([self._slide_edit, self._mpp_override_edit, self._student_edit, self._teacher_edit,
+                     self._weights_edit, self._precision_edit, self._roi_edit, self._out_edit, buttons,
+                     self._status, self._table, self.legend])
+        self.task = BackgroundTask(
+            "XMAG teacher comparison", [self._run_button, self._load_button], self._status,
+            self._cancel_button, cancelled_types=(EmbedCancelled,),
+        )
         self.result: compare.ComparisonResult | None = None
         self._run_button.changed.connect(self._on_run)
         self._load_button.changed.connect(self._on_load)
-        self._cancel_button.changed.connect(self._on_cancel)
         self._weights_edit.changed.connect(self._on_weights)
+        self._slide_edit.changed.connect(self._on_slide_changed)
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
+        self._on_slide_changed()
 
     # ---- choices ------------------------------------------------------------------------
     def _slide_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
@@ -126,59 +141,48 @@ class ComparisonWidget(Container):
         self._slide_edit.reset_choices()
         self._roi_edit.reset_choices()
 
+    def _on_slide_changed(self, _event: Any = None) -> None:
+        layer = self._slide_edit.value
+        if layer is not None:
+            self._mpp_override_edit.value = layer_mpp_override(layer)
+
     def _on_weights(self, _event: Any = None) -> None:
         if self._weights_edit.value == RANDOM:
-            self._status.value = "RANDOM WEIGHTS: for tests only; every number and map will be noise."
+            self._status.value = "Random weights: for trying the plumbing only; every number and map is noise."
 
     def _on_run(self, _event: Any = None) -> None:
-
         layer = self._slide_edit.value
         if layer is None:
             self._status.value = "Open a slide with napari-xmag first."
+            return
+        apply_mpp_override(layer, float(self._mpp_override_edit.value))
+        problem = slide_needs_mpp(layer)
+        if problem:
+            self._status.value = problem
+            notify(problem)
             return
         try:
             roi = self._roi()
         except ValueError as err:
             self._status.value = str(err)
             return
-        meta = layer.metadata["xmag"]
-        mpp = meta.get("mpp_x") if meta.get("mpp_source") == "override" else None
+        path, mpp = slide_info(layer)
         out = self._out_dir(layer)
         weights = "random" if self._weights_edit.value == RANDOM else "auto"
         student, teacher = self._student_edit.value, self._teacher_edit.value
-        self._cancel = threading.Event()
-        cancel = self._cancel
-        self._status.value = f"Loading {student} and {teacher}..."
-        signals = self._signals = _signals_class()()
-        signals.advanced.connect(self._on_progress)
+        precision = self._precision_edit.value
 
-        # The models are built here, on the main thread: their first build imports parts of
-        # torch (dynamo, triton) that crash when first imported from a worker thread under Qt.
-        from napari_xmag.models import WeightsError, create_model  # torch: only once the user runs one
+        def work(*, progress: Any, cancel: Any) -> compare.ComparisonResult:
+            from napari_xmag.models import create_model  # torch: only once the user runs one
 
-        try:
             s = create_model(student, weights=weights)
             t = create_model(teacher, weights=weights)
-        except (WeightsError, OSError, ValueError) as err:
-            self._status.value = f"{err}\n(choose weights: {RANDOM} to try the widget without them)"
-            return
+            return compare.compare_slide(path, s, t, out, roi=roi, mpp_override=mpp, precision=precision,
+                                         progress=progress, cancel=cancel)
 
-        @thread_worker
-        def work() -> compare.ComparisonResult:
-            return compare.compare_slide(
-                meta["path"], s, t, out, roi=roi, mpp_override=mpp, progress=signals.advanced.emit,
-                cancel=cancel,
-            )
-
-        self._progress = progress(total=0, desc="XMAG teacher comparison")
-        self._worker = work(
-            _connect={"returned": self._on_result, "errored": self._on_error, "finished": self._on_finished},
-            _start_thread=False,
-        )
-        self._set_running(True)
         where = "the whole slide" if roi is None else f"ROI x={roi[0]} y={roi[1]} w={roi[2]} h={roi[3]} px"
-        self._status.value = f"Comparing {student} with {teacher} on {where} -> {out}"
-        self._worker.start()
+        self.task.start(work, message=f"Comparing {student} with {teacher} on {where} -> {out}",
+                        on_done=self._on_result)
 
     def _on_load(self, _event: Any = None) -> None:
         folder = self._out_edit.value
@@ -189,30 +193,6 @@ class ComparisonWidget(Container):
             return
         self._on_result(result)
 
-    def _on_cancel(self, _event: Any = None) -> None:
-        if self._cancel is not None:
-            self._cancel.set()
-            self._status.value = "Cancelling after the current batch; nothing will be written."
-
-    def _on_progress(self, done: int, total: int) -> None:
-        if self._progress is not None:
-            self._progress.total = total
-            self._progress.n = done
-            self._progress.refresh()
-
-    def _on_error(self, err: BaseException) -> None:
-
-        if isinstance(err, EmbedCancelled):
-            self._status.value = "Cancelled: nothing was written."
-        else:
-            self._status.value = f"{type(err).__name__}: {err}"
-
-    def _on_finished(self) -> None:
-        self._set_running(False)
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-
     def _on_result(self, result: compare.ComparisonResult) -> None:
         self.result = result
         cos = compare.cosine_map(result)
@@ -221,36 +201,45 @@ class ComparisonWidget(Container):
         slide = self._slide_for(result)
         data, kw, _ = cos.layer_data()
         kw["translate"] = tuple(np.add(kw["translate"], translate))
-        self._show_image("cosine", data, kw)
+        shown = [self._show_image("cosine", data, kw)]
         grid = cos.grid
         rows, cols = grid.cells(result.coords)
         s_lab = np.asarray(result.student_clusters, np.int64)
         t_lab = matched_labels(s_lab, np.asarray(result.teacher_clusters, np.int64))
         k = int(result.report["clusters"])
         r = result.report
+        panels = [] if slide is None else [slide]
+        slide_name = Path(str(r["slide"])).stem
         for i, (side, labels) in enumerate((("student", s_lab), ("teacher", t_lab)), start=1):
             offset = (translate[0], translate[1] + i * shift)
             if slide is not None:
-                self._show_slide_copy(side, slide, offset)
+                panels.append(self._show_slide_copy(side, slide, offset))
             raster = maps.rasterize_labels(grid, rows, cols, labels)
-            name = tagged_name(f"{side} k-means: {r[side]['model']} @ {r[side]['mpp']:g} µm/px",
+            name = tagged_name(f"{side} clusters · {r[side]['model']} · {slide_name}",
                                r[side]["weights"]["random"])
-            self._show_labels(side, raster, grid, offset, name, maps.label_colors(k))
-        self._show_captions(result, translate, width_um, shift)
+            shown.append(self._show_labels(side, raster, grid, offset, name, maps.label_colors(k)))
         rows_ = report_rows(result.report)
         self._table.value = {"data": [[v] for v in rows_.values()], "index": list(rows_),
                              "columns": ["value"]}
         self._table.native.resizeColumnsToContents()
+        self.legend.show_layers(shown)
+        overlay = self._viewer.text_overlay
+        overlay.text = f"cosine  ·  student clusters  ·  teacher clusters (k = {k})  (left to right)"
+        overlay.position, overlay.font_size, overlay.visible = "top_center", 12, True
         self._status.value = result.summary()
+        for side in ("student", "teacher"):
+            if r[side]["weights"]["random"]:
+                notify(random_weights_warning("the comparison's numbers", side).removeprefix("warning: "))
+        if r["patches"]["student"] < SMALL_SAMPLE:
+            notify(rows_["caveat"], "info")
+        if r.get("clusters_requested") and k < int(r["clusters_requested"]):
+            notify(f"k-means: K = {k}, not {r['clusters_requested']}: only {r['patches']['student']}"
+                   " patches were compared", "info")
+        self._viewer.fit_to_view(layers=[*panels, *shown], margin=0.05)  # the three panels in view
         if slide is not None:
             self._viewer.layers.selection.active = slide
 
     # ---- wiring helpers -----------------------------------------------------------------
-    def _set_running(self, running: bool) -> None:
-        self._run_button.enabled = not running
-        self._load_button.enabled = not running
-        self._cancel_button.enabled = running
-
     def _roi(self) -> tuple[int, int, int, int] | None:
         source = self._roi_edit.value
         if source == WHOLE_SLIDE or source is None:
@@ -310,7 +299,7 @@ class ComparisonWidget(Container):
             return self._viewer.add_image(
                 slide.data, rgb=True, multiscale=slide.multiscale, scale=slide.scale[-2:],
                 translate=offset, units=slide.units[-2:], contrast_limits=(0, 255),
-                name=f"{slide.name} ({side} panel)", metadata={ROLE: role},
+                name=f"{side} panel · {slide.name}", metadata={ROLE: role},
             )
         layer.translate = offset
         return layer
@@ -327,34 +316,3 @@ class ComparisonWidget(Container):
             raster.astype(np.int32), name=name, scale=grid.scale, translate=translate,
             units=("um", "um"), opacity=0.6, colormap=cmap, metadata={ROLE: role},
         )
-
-    def _show_captions(self, result: compare.ComparisonResult, translate: tuple[float, float],
-                       width_um: float, shift: float) -> Any:
-        r = result.report
-        cos = r["cosine"]["mean"]
-        ari = "n/a" if r["ari"] is None else format(r["ari"], ".2f")
-        texts = [
-            f"cosine ({r['mapping']}): mean {'n/a' if cos is None else format(cos, '.2f')}",
-            f"student {r['student']['model']}: {r['seconds']['student']:.1f} s",
-            f"teacher {r['teacher']['model']}: {r['seconds']['teacher']:.1f} s, ARI {ari}",
-        ]
-        y = translate[0] - 0.1 * width_um
-        data = np.array([[y, translate[1] + i * shift] for i in range(3)], np.float64)
-        layer = self._owned("captions")
-        if layer is not None:
-            self._viewer.layers.remove(layer)
-        return self._viewer.add_points(
-            data, name="comparison captions", features={"caption": texts}, size=0.0,
-            face_color="transparent", border_color="transparent", units=("um", "um"),
-            metadata={ROLE: "captions"},
-            text={"string": "{caption}", "color": "white", "size": CAPTION_SIZE, "anchor": "lower_left"},
-        )
-
-
-@functools.cache
-def _signals_class() -> type:
-
-    class ProgressSignals(QObject):
-        advanced = Signal(int, int)  # (done, total), emitted from the worker thread
-
-    return ProgressSignals

@@ -5,7 +5,11 @@ Pick a slide layer and a model, press *Embed and map*: the slide's tissue patche
 in a background thread (napari progress bar, *Cancel* stops it without writing anything) into
 ``<output folder>/<model>-<weights>/<settings>/<slide>.h5`` (reused when it is already there),
 then the chosen maps appear on the slide: PCA colours, k-means segmentation, the tissue mask and
-the patch grid. Layers made with random weights say so in their names and metadata.
+the patch grid, each named kind first (``PCA · slide · random weights``) with its legend in the
+dock. Layers made with random weights say so in their names and metadata; that, a K reduced to
+the patch count and a missing µm/px also come as napari notifications. A slide that records no
+µm/px gets one in *mpp override* (kept in the slide layer's metadata, as the CLI's
+``--mpp-override``).
 """
 
 from __future__ import annotations
@@ -27,25 +31,29 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.qt.threading import create_worker
-from napari.utils import progress
-from qtpy.QtCore import QTimer
 
 from napari_xmag import maps as xmaps
 from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import (
+    apply_mpp_override,
+    layer_mpp_override,
+    mpp_override_edit,
     replace_layer,
     shifted,
     slide_info,
     slide_layers,
+    slide_needs_mpp,
     slide_offset,
 )
+from napari_xmag._widgets._legend import Legend
+from napari_xmag._widgets._task import BackgroundTask, notify
 from napari_xmag.embed import EmbedCancelled, EmbedSettings, embed_slide
 from napari_xmag.features import read_features
 from napari_xmag.maps import grid_for_features
+from napari_xmag.maps.slide_map import map_name
 from napari_xmag.models.precision import PRECISIONS
 from napari_xmag.models.registry import list_models
-from napari_xmag.provenance import tagged_name
+from napari_xmag.provenance import random_weights_warning, tagged_name
 from napari_xmag.slide import level0_to_um
 
 if TYPE_CHECKING:
@@ -84,6 +92,7 @@ class InferenceWidget(Container):
         self._viewer = viewer
         names = list_models()
         self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
+        self._mpp_override_edit = mpp_override_edit()
         self._model_edit = LineEdit(
             label="model", value="xmag",
             tooltip="a registered model (" + ", ".join(names) + "), a local weights file or model"
@@ -94,7 +103,7 @@ class InferenceWidget(Container):
         self._weights_edit = ComboBox(
             label="weights", choices=["auto", "random"], value="auto",
             tooltip="auto: the model's own weights (local file or hub); random: untrained, for trying"
-            " the plumbing only (the layers say RANDOM WEIGHTS)",
+            " the plumbing only (the layers say so)",
         )
         self._mpp_edit = ComboBox(label="resolution", choices=MAGNIFICATIONS, value="5x",
                                   tooltip="target magnification of the patches (5x = 2 µm/px)")
@@ -107,34 +116,41 @@ class InferenceWidget(Container):
             tooltip="fraction of a patch that must be tissue",
         )
         self._device_edit = ComboBox(label="device", choices=DEVICES, value="auto")
-        self._precision_edit = ComboBox(label="precision", choices=PRECISIONS, value="fp32")
-        self._out_edit = FileEdit(label="output folder", mode="d", value=default_output_folder())
+        self._precision_edit = ComboBox(label="precision", choices=PRECISIONS, value="fp32",
+                                        tooltip="as xmag embed --precision")
+        self._out_edit = FileEdit(label="features folder", mode="d", value=default_output_folder(),
+                                  tooltip="features go to <folder>/<model>-<weights>/<settings>/<slide>.h5,"
+                                  " reused when already there")
         self._pca_edit = CheckBox(text="PCA colours", value=True)
         self._kmeans_edit = CheckBox(text="k-means segmentation", value=True)
         self._k_edit = SpinBox(label="clusters (K)", value=6, min=2, max=20)
         self._mask_edit = CheckBox(text="tissue mask", value=False)
         self._grid_edit = CheckBox(text="patch grid", value=False)
         self._run_button = PushButton(text="Embed and map")
-        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._cancel_button = PushButton(text="Cancel")
+        buttons = Container(widgets=[self._run_button, self._cancel_button], layout="horizontal",
+                            labels=False)
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
+        self.legend = Legend()
         self.extend([
-            self._slide_edit, self._model_edit, self._model_choices, self._weights_edit, self._mpp_edit,
-            self._stride_edit, self._threshold_edit, self._device_edit, self._precision_edit,
-            self._out_edit, self._pca_edit, self._kmeans_edit, self._k_edit, self._mask_edit,
-            self._grid_edit, self._run_button, self._cancel_button, self._status,
+            self._slide_edit, self._mpp_override_edit, self._model_edit, self._model_choices,
+            self._weights_edit, self._mpp_edit, self._stride_edit, self._threshold_edit,
+            self._device_edit, self._precision_edit, self._out_edit, self._pca_edit,
+            self._kmeans_edit, self._k_edit, self._mask_edit, self._grid_edit, buttons, self._status,
+            self.legend,
         ])
-        self._cancel = threading.Event()
-        self._worker: Any = None
-        self._progress_bar: Any = None
-        self._done: tuple[int, int] = (0, 0)
-        self._models: dict[tuple[str, str], Any] = {}
-        self._timer: Any = None
+        self.task = BackgroundTask(
+            "XMAG embedding", [self._run_button], self._status, self._cancel_button,
+            cancelled_types=(EmbedCancelled,),
+        )
+        self._models: dict[tuple[str, str], _LazyModel] = {}
         self._model_choices.changed.connect(self._on_model_picked)
         self._run_button.changed.connect(self._on_run)
-        self._cancel_button.changed.connect(self._on_cancel)
+        self._slide_edit.changed.connect(self._on_slide_changed)
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
+        self._on_slide_changed()
 
     # ---- choices ------------------------------------------------------------------------
     def _slide_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
@@ -144,22 +160,24 @@ class InferenceWidget(Container):
     def _on_layers_changed(self, _event: Any = None) -> None:
         self._slide_edit.reset_choices()
 
+    def _on_slide_changed(self, _event: Any = None) -> None:
+        layer = self._slide_edit.value
+        if layer is not None:
+            self._mpp_override_edit.value = layer_mpp_override(layer)
+
     def _on_model_picked(self, _event: Any = None) -> None:
         self._model_edit.value = self._model_choices.value
 
-    def _on_cancel(self, _event: Any = None) -> None:
-        self._cancel.set()
-        self._status.value = "Cancelling after the current batch..."
-
     def _on_run(self, _event: Any = None) -> None:
-
-
         layer = self._slide_edit.value
         if layer is None:
             self._status.value = "Open a slide with napari-xmag first (File > Open, or the sample slide)."
             return
-        if self._worker is not None:
-            self._status.value = "Already running: wait, or press Cancel."
+        apply_mpp_override(layer, float(self._mpp_override_edit.value))
+        problem = slide_needs_mpp(layer)
+        if problem:
+            self._status.value = problem
+            notify(problem)
             return
         path, mpp_override = slide_info(layer)
         try:
@@ -174,70 +192,29 @@ class InferenceWidget(Container):
             return
         model, weights = self._model_edit.value.strip(), self._weights_edit.value
         out_dir = run_folder(self._out_edit.value, model, weights, settings)
-        maps = {"pca": self._pca_edit.value, "kmeans": self._kmeans_edit.value, "mask": self._mask_edit.value,
-                "grid": self._grid_edit.value}
-
-        self._cancel = threading.Event()
-        self._done = (0, 0)
-        self._worker = create_worker(
-            _work, path, self._model(model, weights), out_dir, settings, maps, int(self._k_edit.value),
-            self._cancel, self._on_progress, _start_thread=False,
-            # errors handled here (napari's default re-raises them as notifications)
-            _connect={"returned": lambda result: self._on_returned(layer, result),
-                      "errored": self._on_errored, "finished": self._on_finished},
+        wanted = {"pca": self._pca_edit.value, "kmeans": self._kmeans_edit.value,
+                  "mask": self._mask_edit.value, "grid": self._grid_edit.value}
+        self.task.start(
+            _work, path, self._model(model, weights), out_dir, settings, wanted, int(self._k_edit.value),
+            message=f"Embedding {Path(path).name} with {model} ({weights} weights)...",
+            on_done=lambda result: self._on_returned(layer, result),
         )
-        self._run_button.enabled, self._cancel_button.enabled = False, True
-        self._status.value = f"Embedding {Path(path).name} with {model} ({weights} weights)..."
-        self._start_progress()
-        self._worker.start()
 
-    def _on_progress(self, done: int, total: int) -> None:
-        """Called from the worker thread: only records; the main thread's timer shows it."""
-        self._done = (done, total)
-
-    def _on_tick(self) -> None:
-
-        done, total = self._done
-        if total and self._progress_bar is None:
-            self._progress_bar = progress(total=total, desc="XMAG embedding")
-        if self._progress_bar is not None:
-            self._progress_bar.update(done - self._progress_bar.n)
-
-    def _on_returned(self, layer: Any, result: tuple[Any, list[tuple[str, tuple]]]) -> None:
-        embedding, layers = result
+    def _on_returned(self, layer: Any, result: tuple[Any, list[tuple[str, tuple]], list[str]]) -> None:
+        embedding, layers, notes = result
         path, _ = slide_info(layer)
         offset = slide_offset(layer)
+        shown = []
         for role, layer_data in layers:
-            replace_layer(self._viewer, ROLE, role, path, shifted(layer_data, offset))
+            shown += replace_layer(self._viewer, ROLE, role, path, shifted(layer_data, offset))
+        self.legend.show_layers(shown)
         what = "reused" if embedding.skipped else "embedded"
-        self._status.value = f"{what}: {embedding.summary()}"
+        self._status.value = "\n".join([f"{what}: {embedding.summary()}", *notes])
+        for note in notes:
+            notify(note)
         self._viewer.layers.selection.active = layer
 
-    def _on_errored(self, err: BaseException) -> None:
-
-        if isinstance(err, EmbedCancelled):
-            self._status.value = f"Cancelled: {err}; nothing was written."
-        else:
-            self._status.value = f"{type(err).__name__}: {err}"
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-        if self._progress_bar is not None:
-            self._progress_bar.close()
-            self._progress_bar = None
-        self._run_button.enabled, self._cancel_button.enabled = True, False
-
     # ---- wiring helpers -----------------------------------------------------------------
-    def _start_progress(self) -> None:
-
-        self._timer = QTimer()
-        self._timer.setInterval(100)
-        self._timer.timeout.connect(self._on_tick)
-        self._timer.start()
-
     def _model(self, name: str, weights: str) -> Any:
         """A lazy model: built in the worker the first time, then kept for later runs."""
         key = (name, weights)
@@ -264,31 +241,31 @@ class _LazyModel:
 
 
 def _work(
-    path: str, lazy: _LazyModel, out_dir: Path, settings: Any, maps: dict[str, bool], k: int,
-    cancel: threading.Event, progress: Any,
-) -> tuple[Any, list[tuple[str, tuple]]]:
-    """The worker: embed (or reuse), then make the maps' layer tuples (no napari objects)."""
+    path: str, lazy: _LazyModel, out_dir: Path, settings: Any, wanted: dict[str, bool], k: int, *,
+    progress: Any, cancel: threading.Event,
+) -> tuple[Any, list[tuple[str, tuple]], list[str]]:
+    """The worker: embed (or reuse), then make the maps' layer tuples (no napari objects) and the
+    notes the user should not miss."""
     model = lazy.get()
     embedding = embed_slide(path, model, out_dir, settings, progress=progress, cancel=cancel)
     data = read_features(embedding.output)
-    random = bool(data.attrs.get("weights_random"))
-    suffix = tagged_name("", random)
+    notes = []
+    if data.attrs.get("weights_random"):
+        notes.append(random_weights_warning("these maps").removeprefix("warning: "))
     layers: list[tuple[str, tuple]] = []
-    if maps.get("pca"):
-        layers.append(("pca", _tagged(xmaps.pca_map(embedding.output).layer_data(), suffix, random)))
-    if maps.get("kmeans"):
-        layers.append(("kmeans", _tagged(xmaps.kmeans_map(embedding.output, k).layer_data(), suffix, random)))
-    if maps.get("mask"):
+    if wanted.get("pca"):
+        layers.append(("pca", xmaps.pca_map(embedding.output).layer_data()))
+    if wanted.get("kmeans"):
+        km = xmaps.kmeans_map(embedding.output, k)
+        if km.metadata["clusters"] < k:
+            notes.append(f"k-means: K = {km.metadata['clusters']}, not {k}: the slide has only"
+                         f" {len(data.coords)} patches")
+        layers.append(("kmeans", km.layer_data()))
+    if wanted.get("mask"):
         layers.append(("mask", xmaps.tissue_map(path, settings.mpp_override).layer_data()))
-    if maps.get("grid"):
-        layers.append(("grid", patch_grid_layer(data, suffix)))
-    return embedding, layers
-
-
-def _tagged(layer_data: tuple, suffix: str, random: bool) -> tuple:
-    data, kwargs, kind = shifted(layer_data, np.zeros(2), suffix)
-    kwargs["metadata"] = {**kwargs.get("metadata", {}), "weights_random": random}
-    return data, kwargs, kind
+    if wanted.get("grid"):
+        layers.append(("grid", patch_grid_layer(data)))
+    return embedding, layers, notes
 
 
 def patch_grid_rectangles(coords: np.ndarray, size_level0: float, slide_mpp: float) -> np.ndarray:
@@ -299,19 +276,21 @@ def patch_grid_rectangles(coords: np.ndarray, size_level0: float, slide_mpp: flo
     return np.stack([lo[:, ::-1], hi[:, ::-1]], axis=1)
 
 
-def patch_grid_layer(data: Any, suffix: str = "") -> tuple[Any, dict[str, Any], str]:
-    """The embedded patches as a Shapes tuple of rectangles, edges only."""
+def patch_grid_layer(data: Any) -> tuple[Any, dict[str, Any], str]:
+    """The embedded patches as a Shapes tuple of rectangles, edges only, named like the maps."""
     grid = grid_for_features(data)
     rects = patch_grid_rectangles(data.coords, grid.patch_x, grid.slide_mpp)
     name = str(data.coords_attrs.get("name") or Path(str(data.attrs.get("slide_path", ""))).stem)
+    random = bool(data.attrs.get("weights_random"))
     kwargs = {
-        "name": f"{name} patch grid ({len(rects)} patches){suffix}",
+        "name": tagged_name(map_name(f"patch grid ({len(rects)})", name), random),
         "shape_type": "rectangle",
         "edge_color": GRID_COLOUR,
         "face_color": "transparent",
         "edge_width": max(grid.patch_x * grid.slide_mpp / 100, grid.slide_mpp),
         "translate": (0.0, 0.0),
         "units": ("um", "um"),
-        "metadata": {"patches": len(rects), "patch_size_level0": grid.patch_x},
+        "metadata": {"patches": len(rects), "patch_size_level0": grid.patch_x,
+                     "weights_random": random},
     }
     return list(rects), kwargs, "shapes"

@@ -3,8 +3,9 @@
 Pick a slide layer and a place (the view centre, the last cursor position, a point of a
 Points layer or a rectangle of a Shapes layer), press *Show magnifications*: the field of
 view appears at 2.5x, 5x, 10x, 20x and 40x in a row beside the slide, each picture at its
-physical size (so only the detail differs), captioned on the canvas and in the table; the
-slide gets the 5x student patch and its 16 teacher crops drawn on it.
+physical size (so only the detail differs); the slide gets the 5x student patch and its 16
+teacher crops drawn on it. The captions are in the dock and in napari's text overlay, never
+canvas text, so they read the same at any zoom. The pictures are read in the background.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, Table
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.layers import Points, Shapes
 
 from napari_xmag import magnification
-from napari_xmag._widgets._common import slide_layers
+from napari_xmag._widgets._common import (
+    apply_mpp_override,
+    layer_mpp_override,
+    mpp_override_edit,
+    slide_info,
+    slide_layers,
+    slide_needs_mpp,
+)
+from napari_xmag._widgets._legend import Legend
+from napari_xmag._widgets._task import BackgroundTask, notify
 from napari_xmag.slide import SlideError
 
 if TYPE_CHECKING:
@@ -29,9 +39,8 @@ CURSOR = "cursor"
 STUDENT_COLOUR = "#ffd400"  # the 5x student patch
 TEACHER_COLOUR = "#00e5ff"  # its 20x teacher crops
 FIELD_COLOUR = "#ffffff"  # the field of view, when it is not the student patch
-TEXT_COLOUR = "#ffffff"
 ENLARGED_COLOUR = "#ffa040"  # the caption of a view finer than the scan: no extra detail
-CAPTION_SIZE = 10  # screen points
+OVERLAY_SIZE = 12  # screen points
 
 
 class MagnificationExplorer(Container):
@@ -41,6 +50,7 @@ class MagnificationExplorer(Container):
         super().__init__()
         self._viewer = viewer
         self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
+        self._mpp_override_edit = mpp_override_edit()
         self._source_edit = ComboBox(
             label="where",
             choices=self._sources,
@@ -57,20 +67,26 @@ class MagnificationExplorer(Container):
         )
         self._follow_edit = CheckBox(text="update when the point or rectangle moves", value=False)
         self._show_button = PushButton(text="Show magnifications")
-        self._table = Table()
-        self._table.read_only = True
+        self._captions = Label(value="")
+        self._captions.native.setWordWrap(True)
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
+        self.legend = Legend()
         self.extend(
-            [self._slide_edit, self._source_edit, self._fov_edit, self._follow_edit,
-             self._show_button, self._table, self._status]
+            [self._slide_edit, self._mpp_override_edit, self._source_edit, self._fov_edit,
+             self._follow_edit, self._show_button, self._status, self._captions, self.legend]
         )
+        self.task = BackgroundTask("XMAG magnifications", [self._show_button], self._status)
+        #: One dict per view (``MagnificationView.row``), left to right, after a *Show*.
+        self.rows: list[dict[str, Any]] = []
         self._followed: Any = None
         self._show_button.changed.connect(self._on_show)
+        self._slide_edit.changed.connect(self._on_slide_changed)
         self._source_edit.changed.connect(self._on_follow)
         self._follow_edit.changed.connect(self._on_follow)
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
+        self._on_slide_changed()
 
     # ---- choices ------------------------------------------------------------------------
     def _slide_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
@@ -89,6 +105,12 @@ class MagnificationExplorer(Container):
     def _on_layers_changed(self, _event: Any = None) -> None:
         self._slide_edit.reset_choices()
         self._source_edit.reset_choices()
+
+    def _on_slide_changed(self, _event: Any = None) -> None:
+        layer = self._slide_edit.value
+        self._status.value = ""  # what was said about the last slide does not hold for this one
+        if layer is not None:
+            self._mpp_override_edit.value = layer_mpp_override(layer)
 
     def _on_follow(self, _event: Any = None) -> None:
         if self._followed is not None:
@@ -112,42 +134,47 @@ class MagnificationExplorer(Container):
         if layer is None:
             self._status.value = "Open a slide with napari-xmag first."
             return
-        meta = layer.metadata["xmag"]
-        mpp = meta.get("mpp_x") if meta.get("mpp_source") == "override" else None
+        apply_mpp_override(layer, float(self._mpp_override_edit.value))
+        problem = slide_needs_mpp(layer)
+        if problem:
+            self._status.value = problem
+            notify(problem)
+            return
+        path, mpp = slide_info(layer)
         translate = tuple(layer.translate[-2:])
-        try:
-            slide_explorer = magnification.explorer_for(meta["path"], mpp=mpp)
+        try:  # quick checks here, so that a wrong place is said at once; the reading is not
+            slide_explorer = magnification.explorer_for(path, mpp=mpp)
             try:
                 fov = self._field_of_view(slide_explorer, translate)
             except ValueError as err:  # the place: off the slide, an empty layer
                 raise ValueError(f"{self._source_edit.current_choice}: {err}") from None
-            views = slide_explorer.views(fov)
-            footprint = slide_explorer.footprint(fov.centre)
-        except (SlideError, ValueError, OSError) as err:  # no mpp, a corrupt tile, too big a field
+        except (SlideError, ValueError, OSError) as err:
             self._status.value = str(err)
             return
+
+        def work(*, progress: Any, cancel: Any) -> tuple[Any, Any]:
+            return slide_explorer.views(fov), slide_explorer.footprint(fov.centre)
+
+        self.task.start(work, message="Reading the field at five magnifications...",
+                        on_done=lambda result: self._on_views(layer, slide_explorer, fov, frame, *result))
+
+    def _on_views(self, layer: Any, slide_explorer: Any, fov: Any, frame: bool, views: Any,
+                  footprint: Any) -> None:
+        translate = tuple(layer.translate[-2:])
         arrangement = magnification.layout(views, fov, slide_explorer.slide, translate)
         units = layer.units[-2:]
         panels = [self._show_panel(panel, units) for panel in arrangement.panels]
-        captions = self._show_text(
-            "captions", "magnification captions", [p.caption_at for p in arrangement.panels],
-            [p.view.caption for p in arrangement.panels], "lower_left", units,
-            colours=[ENLARGED_COLOUR if p.view.enlarged else TEXT_COLOUR for p in arrangement.panels],
-        )
-        title = self._show_text(
-            "title", "magnification title", [arrangement.title_at], [arrangement.title], "upper_left", units,
-        )
-        self._show_outlines(arrangement.outlines(footprint, translate), max(fov.size_um), units)
-        self._table.value = {
-            "data": [[v.row()[key] for v in views] for key in _TABLE_ROWS],
-            "index": list(_TABLE_ROWS),
-            "columns": [v.magnification for v in views],
-        }
-        self._fit_table()
+        outlines = self._show_outlines(arrangement.outlines(footprint, translate), max(fov.size_um), units)
+        self.rows = [v.row() for v in views]
+        self._captions.value = _captions_html(arrangement.title, views)
+        overlay = self._viewer.text_overlay
+        overlay.text = "  ·  ".join(v.magnification for v in views) + "  (left to right; details in the dock)"
+        overlay.position, overlay.font_size, overlay.visible = "top_center", OVERLAY_SIZE, True
+        self.legend.show_layers([outlines])
         notes = [f"{v.magnification}: {v.note}." for v in views if v.note]
         self._status.value = "\n".join([arrangement.title, *notes])
         if frame:
-            self._viewer.fit_to_view(layers=[*panels, captions, title], margin=0.1)
+            self._viewer.fit_to_view(layers=panels, margin=0.1)
         self._viewer.layers.selection.active = layer
 
     # ---- wiring helpers -----------------------------------------------------------------
@@ -176,10 +203,6 @@ class MagnificationExplorer(Container):
         y, x = world[-1]
         return magnification.field_of_view(slide, point=(x, y), size_um=size, units="um")
 
-    def _fit_table(self) -> None:
-        """Columns as wide as their contents (the dock keeps its width; the table scrolls)."""
-        self._table.native.resizeColumnsToContents()
-
     def _camera(self) -> Any:
         """``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before."""
         viewer = self._viewer
@@ -205,25 +228,6 @@ class MagnificationExplorer(Container):
             layer.data, layer.name = view.image, name
         return layer
 
-    def _show_text(
-        self, role: str, name: str, points: list, texts: list[str], anchor: str, units: Any,
-        colours: list[str] | None = None,
-    ) -> Any:
-        """A Points layer that shows only text: ``texts[i]`` anchored at world ``points[i]`` (y, x)."""
-        data = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        features = {"caption": list(texts), "colour": colours or [TEXT_COLOUR] * len(texts)}
-        layer = self._owned(role)
-        if layer is None:
-            return self._viewer.add_points(
-                data, name=name, features=features, size=0.0, face_color="transparent",
-                border_color="transparent", units=units, metadata={ROLE: role},
-                text={"string": "{caption}", "color": {"feature": "colour"}, "size": CAPTION_SIZE,
-                      "anchor": anchor},
-            )
-        layer.data = data
-        layer.features = features
-        return layer
-
     def _show_outlines(self, outlines: list[magnification.Outline], field_um: float, units: Any) -> Any:
         """The student patch and teacher crops, edges only, on the slide and on the pictures."""
         colours = {"student": STUDENT_COLOUR, "teacher": TEACHER_COLOUR, "field": FIELD_COLOUR}
@@ -247,18 +251,21 @@ class MagnificationExplorer(Container):
         if layer is None:
             return self._viewer.add_shapes(
                 rects, shape_type="rectangle", name="XMAG footprint: 5x patch, 20x crops",
-                features=features, units=units, metadata={ROLE: "footprint"},
-                text={"string": "{label}", "color": {"feature": "colour"}, "size": CAPTION_SIZE,
-                      "anchor": "upper_left"},
-                **style,
+                features=features, units=units, metadata={ROLE: "footprint"}, **style,
             )
         # In place (removing a layer costs napari a garbage collection): new shapes, new features.
         layer.selected_data = set(range(layer.nshapes))
         layer.remove_selected()
         layer.add_rectangles(rects, **style)
         layer.features = features
-        layer.refresh_text()
         return layer
 
 
-_TABLE_ROWS = ("µm/px", "level", "resampling", "field (µm)", "pixels", "patches/slide")
+def _captions_html(title: str, views: list[Any]) -> str:
+    """The dock's captions: the title, then one line per picture, left to right; a view finer
+    than the scan (no extra detail) in orange."""
+    lines = [f"<b>{title}</b>", "Left to right:"]
+    for view in views:
+        line = " · ".join(view.caption.split("\n"))
+        lines.append(f'<span style="color:{ENLARGED_COLOUR}">{line}</span>' if view.enlarged else line)
+    return "<br>".join(lines)

@@ -1,9 +1,11 @@
 """The XMAG few-shot probe dock widget: wiring only; the work is in :mod:`napari_xmag.fewshot`.
 
-Paint a few regions of each tissue type into a Labels layer (class ids 1, 2, ...) or drop
-Points with a ``class`` feature, press *Train and predict*: a linear probe learns from the
-patches under the annotations and maps the whole slide (a probability heatmap per class and a
-segmentation). *Save probe* / *Load probe* keep it as a ``.npz`` (no pickle).
+Paint a few regions of each tissue type into a Labels layer (class ids 1, 2, ...), drop
+Points with a ``class`` feature, or draw (or open) Shapes: QuPath annotations opened from its
+GeoJSON export keep their class names. Press *Train and predict*: a linear probe learns from
+the patches under the annotations, in the background, and maps the whole slide (a probability
+heatmap per class and a segmentation, with their colour bars and class key in the dock).
+*Save probe* / *Load probe* keep it as a ``.npz`` (no pickle).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
-from napari.layers import Labels, Points
+from napari.layers import Labels, Points, Shapes
 
 from napari_xmag import fewshot
 from napari_xmag._atomic import OutputExistsError
 from napari_xmag._widgets import _common
 from napari_xmag._widgets._common import replace_layer, shifted, slide_info, slide_layers, slide_offset
-from napari_xmag.features import FeatureFileError
+from napari_xmag._widgets._legend import Legend
+from napari_xmag._widgets._task import BackgroundTask, notify
+from napari_xmag.provenance import random_weights_warning
 
 if TYPE_CHECKING:
     import napari
@@ -30,6 +34,8 @@ ROLE = "xmag-probe"
 #: single 5x patches, 448 µm, coarse enough to stay small on a whole slide).
 ANNOTATION_UM = 16.0
 POINT_CLASS_KEYS = ("class", "label", "class_id")
+#: Layers other widgets own: never offered as annotations.
+OTHER_WIDGETS = (ROLE, "xmag_map", "xmag-inference", "xmag-explorer", "xmag-comparison")
 
 
 class ProbeWidget(Container):
@@ -45,7 +51,8 @@ class ProbeWidget(Container):
         )
         self._annotations_edit = ComboBox(
             label="annotations", choices=self._annotation_layers,
-            tooltip="a Labels layer painted with class ids 1, 2, ... or Points with a 'class' feature",
+            tooltip="a Labels layer painted with class ids 1, 2, ..., Points with a 'class' feature, or"
+            " Shapes (QuPath annotations from File > Open keep their class names)",
         )
         self._new_button = PushButton(text="New annotation layer")
         self._train_button = PushButton(text="Train and predict")
@@ -59,11 +66,14 @@ class ProbeWidget(Container):
         self._load_button = PushButton(text="Load probe")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
+        self.legend = Legend()
         self.extend([
             self._slide_edit, self._features_edit, self._annotations_edit, self._new_button,
             self._train_button, self._probe_file_edit, self._save_button, self._load_button,
-            self._trust_edit, self._status,
+            self._trust_edit, self._status, self.legend,
         ])
+        self.task = BackgroundTask("XMAG few-shot probe", [self._train_button, self._load_button,
+                                                           self._save_button], self._status)
         self._probe: Any = None
         self._slide_edit.changed.connect(self._on_slide_changed)
         self._new_button.changed.connect(self._on_new_annotations)
@@ -83,8 +93,8 @@ class ProbeWidget(Container):
         return [
             (f"{layer.name} ({type(layer).__name__.lower()})", layer)
             for layer in self._viewer.layers
-            if isinstance(layer, (Labels, Points))
-            and not any(k in layer.metadata for k in (ROLE, "xmag_map", "xmag-inference", "xmag-explorer"))
+            if isinstance(layer, (Labels, Points, Shapes))
+            and not any(k in layer.metadata for k in OTHER_WIDGETS)
         ]
 
     def _default_features(self, layer: Any) -> str | None:
@@ -141,11 +151,19 @@ class ProbeWidget(Container):
             self._status.value = "Add an annotation layer (New annotation layer) and paint a few regions."
             return
         try:
-            kwargs = self._annotations(layer, annotations)
-            result = fewshot.fewshot_probe(str(self._features_edit.value), **kwargs)
-        except (fewshot.FewShotError, ValueError, OSError) as err:
+            kwargs = self._annotations(layer, annotations)  # read here: the layer may change later
+        except (fewshot.FewShotError, ValueError) as err:
             self._status.value = str(err)
             return
+        features = str(self._features_edit.value)
+
+        def work(*, progress: Any, cancel: Any) -> fewshot.FewShotResult:
+            return fewshot.fewshot_probe(features, **kwargs)
+
+        self.task.start(work, message=f"Training a probe on {annotations.name}...",
+                        on_done=lambda result: self._on_trained(layer, result))
+
+    def _on_trained(self, layer: Any, result: fewshot.FewShotResult) -> None:
         self._probe = result.probe
         self._show(layer, result.heatmaps, result.segmentation)
         self._status.value = result.summary()
@@ -173,16 +191,24 @@ class ProbeWidget(Container):
         if layer is None:
             self._status.value = "Open a slide with napari-xmag first."
             return
-        try:
+        try:  # the file's checks (no pickle unless trusted) at once; the mapping in the background
             probe = fewshot.load_probe(self._probe_file_edit.value, trust_pickle=self._trust_edit.value)
-            fewshot.load_features(str(self._features_edit.value))  # says how to make a missing one
-            heat, seg = fewshot.predict_maps(str(self._features_edit.value), probe)
-        except (fewshot.FewShotError, FeatureFileError, ValueError, OSError) as err:
+        except (fewshot.FewShotError, ValueError, OSError) as err:
             self._status.value = str(err)
             return
-        self._probe = probe
-        self._show(layer, heat, seg)
-        self._status.value = f"Loaded {self._probe_file_edit.value}: {len(heat.classes)} classes"
+        features, source = str(self._features_edit.value), self._probe_file_edit.value
+
+        def work(*, progress: Any, cancel: Any) -> tuple[Any, Any]:
+            fewshot.load_features(features)  # says how to make a missing one
+            return fewshot.predict_maps(features, probe)
+
+        def done(maps: tuple[Any, Any]) -> None:
+            heat, seg = maps
+            self._probe = probe
+            self._show(layer, heat, seg)
+            self._status.value = f"Loaded {source}: {len(heat.classes)} classes"
+
+        self.task.start(work, message=f"Mapping the slide with {source}...", on_done=done)
 
     # ---- wiring helpers -----------------------------------------------------------------
     def _annotations(self, slide_layer: Any, annotations: Any) -> dict[str, Any]:
@@ -193,6 +219,8 @@ class ProbeWidget(Container):
             translate = np.asarray(annotations.translate[-2:], np.float64) - offset
             return {"labels": (np.asarray(data), tuple(annotations.scale[-2:]), tuple(translate))}
         features = annotations.features
+        if isinstance(annotations, Shapes):
+            return {"shapes": _shape_classes(annotations, offset)}
         key = next((k for k in POINT_CLASS_KEYS if k in features), None)
         if key is None:
             raise fewshot.FewShotError(
@@ -206,6 +234,24 @@ class ProbeWidget(Container):
     def _show(self, slide_layer: Any, heat: Any, seg: Any) -> None:
         path, _ = slide_info(slide_layer)
         offset = slide_offset(slide_layer)
-        replace_layer(self._viewer, ROLE, "heatmaps", path, shifted(heat.layer_data(), offset))
-        replace_layer(self._viewer, ROLE, "segmentation", path, shifted(seg.layer_data(), offset))
+        shown = replace_layer(self._viewer, ROLE, "heatmaps", path, shifted(heat.layer_data(), offset))
+        shown += replace_layer(self._viewer, ROLE, "segmentation", path, shifted(seg.layer_data(), offset))
+        self.legend.show_layers(shown)
+        if seg.metadata.get("weights_random"):
+            notify(random_weights_warning("the probe's maps").removeprefix("warning: "))
         self._viewer.layers.selection.active = slide_layer
+
+
+def _shape_classes(shapes: Any, offset: np.ndarray) -> tuple[list[np.ndarray], list[Any]]:
+    """Polygons (world µm, slide frame) and their classes: a ``class`` feature (QuPath's names
+    when opened from its GeoJSON), else a ``label`` feature, else one class per layer colour."""
+    features = shapes.features
+    polygons = [np.array([shapes.data_to_world(v) for v in shape])[:, -2:] - offset for shape in shapes.data]
+    for key in ("class", *POINT_CLASS_KEYS):
+        if key in features and all(str(v) not in ("", "0", "nan") for v in features[key]):
+            values = list(features[key])
+            return polygons, [int(v) if isinstance(v, (int, np.integer)) else str(v) for v in values]
+    raise fewshot.FewShotError(
+        f"{shapes.name}: give the shapes a 'class' feature (a name or an id 1, 2, ... per shape), or"
+        " open QuPath annotations, which carry their classes"
+    )

@@ -32,7 +32,7 @@ from .._values import positive_float
 from ..features import FeatureHeader, FeatureSet, read_header
 from ..formats import h5
 from ..maps import MapError, SlideMap, build_grid, rasterize_mean
-from ..maps.slide_map import base_metadata, make_map
+from ..maps.slide_map import base_metadata, make_map, map_name
 
 __all__ = [
     "ARRAYS_KIND",
@@ -41,6 +41,7 @@ __all__ = [
     "FORMAT_VERSION",
     "REPORT_KIND",
     "REPORT_NAME",
+    "SMALL_SAMPLE",
     "ComparisonFileError",
     "ComparisonResult",
     "check_comparison_folder",
@@ -135,7 +136,8 @@ class ComparisonResult:
             f"CKA {rows['CKA']}, ARI {rows['ARI']}\n"
             f"student {rows['student time (s)']} s, teacher {rows['teacher time (s)']} s,"
             f" speed-up {rows['speed-up']}\n"
-            f"-> {self.out_dir}"
+            + (f"{rows['caveat']}\n" if "caveat" in rows else "")
+            + f"-> {self.out_dir}"
         )
 
 
@@ -143,9 +145,13 @@ def _number(value: float | None, fmt: str = ".3f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
+#: Below this many patches, CKA, ARI and the cosine's spread say little (a caveat is added).
+SMALL_SAMPLE = 30
+
+
 def report_rows(report: dict[str, Any]) -> dict[str, str]:
     """A comparison report for people: row name -> formatted value (the CLI summary and the
-    comparison widget's table)."""
+    comparison widget's table), with a caveat when the sample is small."""
     sec, cos = report["seconds"], report["cosine"]
     random = [s for s in ("student", "teacher") if report[s]["weights"]["random"]]
     return {
@@ -162,6 +168,9 @@ def report_rows(report: dict[str, Any]) -> dict[str, str]:
                    f" median {_number(cos['median'])}, min {_number(cos['min'])}"),
         "CKA": _number(report["cka"]),
         "ARI": f"{_number(report['ari'])} (k={report['clusters']})",
+        **({"caveat": f"{report['patches']['student']} patches: CKA, ARI and the cosine from fewer"
+                      f" than {SMALL_SAMPLE} patches say little (compare a larger region)"}
+           if report["patches"]["student"] < SMALL_SAMPLE else {}),
     }
 
 
@@ -210,7 +219,7 @@ def cosine_map(comparison: ComparisonResult | str | os.PathLike[str], features: 
             raise MapError(
                 f"the comparison is of slide {meta['slide_name']!r}, the features file of {theirs!r}"
             )
-    return make_map(data, grid, "cosine", f"{meta['slide_name']} cosine", meta)
+    return make_map(data, grid, "cosine", map_name("cosine", meta["slide_name"]), meta)
 
 
 # ---- files ----------------------------------------------------------------------------------

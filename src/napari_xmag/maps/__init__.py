@@ -7,7 +7,7 @@ draws it), ``kinds`` (PCA, k-means, probe, attention, tissue maps from a feature
 their readers) and ``files`` (a map file by its name). No napari, Qt or torch.
 """
 
-from .files import is_map_file, map_layers, save_maps
+from .files import is_annotation_geojson, is_map_file, map_layers, save_maps
 from .geojson import (
     GEOJSON_KIND,
     geojson_layer_data,
@@ -74,6 +74,7 @@ __all__ = [
     "fit_linear_probe",
     "geojson_layer_data",
     "grid_for_features",
+    "is_annotation_geojson",
     "is_map_file",
     "is_map_geojson",
     "is_map_zarr",

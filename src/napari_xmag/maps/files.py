@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .geojson import geojson_layer_data, is_map_geojson, write_geojson
+from .geojson import geojson_layer_data, is_annotation_geojson, is_map_geojson, write_geojson
 from .ome_zarr import is_map_zarr, read_ome_zarr, write_ome_zarr
 from .slide_map import SlideMap, WriterError
 
-__all__ = ["is_map_file", "map_layers", "save_maps"]
+__all__ = ["is_annotation_geojson", "is_map_file", "map_layers", "save_maps"]
 
 
 def save_maps(
@@ -41,8 +41,11 @@ def is_map_file(path: str | os.PathLike[str]) -> bool:
     return is_map_zarr(path) or is_map_geojson(path)
 
 
-def map_layers(path: str | os.PathLike[str]) -> list[tuple[Any, dict[str, Any], str]]:
-    """Napari layer data tuples of a map file, with the scale/translate (µm) that put them on the slide."""
+def map_layers(
+    path: str | os.PathLike[str], slide_mpp: float | None = None
+) -> list[tuple[Any, dict[str, Any], str]]:
+    """Napari layer data tuples of a map file (or of QuPath annotations, placed with the slide's
+    ``slide_mpp``), with the scale/translate (µm) that put them on the slide."""
     if is_map_zarr(path):
         return [m.layer_data() for m in read_ome_zarr(path)]
-    return [geojson_layer_data(path)]
+    return [geojson_layer_data(path, slide_mpp)]

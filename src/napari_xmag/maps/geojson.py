@@ -40,6 +40,7 @@ __all__ = [
     "GEOJSON_FORMAT",
     "Annotations",
     "geojson_layer_data",
+    "is_annotation_geojson",
     "is_map_geojson",
     "label_polygons",
     "labels_to_geojson",
@@ -193,6 +194,36 @@ def is_map_geojson(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def _feature_list(data: Any) -> list[Any] | None:
+    """The features of a GeoJSON document: a FeatureCollection, one Feature, or a list of them
+    (QuPath before 0.4 exported a bare list); None for anything else."""
+    if isinstance(data, list):
+        return data
+    if not isinstance(data, dict):
+        return None
+    if data.get("type") == "FeatureCollection" and isinstance(data.get("features"), list):
+        return data["features"]
+    if data.get("type") == "Feature":
+        return [data]
+    return None
+
+
+def is_annotation_geojson(path: str | os.PathLike[str]) -> bool:
+    """True for a GeoJSON of polygons in level-0 pixels that is not ours: QuPath's annotation
+    exports (*File > Export objects as GeoJSON*). False, never an error, otherwise."""
+    try:
+        p = Path(path)
+        if file_problem(p) is not None or p.suffix.lower() not in (".geojson", ".json") or is_map_geojson(p):
+            return False
+        features = _feature_list(_load(p)) or []
+        return any(
+            isinstance(f, dict) and isinstance(f.get("geometry"), dict)
+            and f["geometry"].get("type") in ("Polygon", "MultiPolygon") for f in features
+        )
+    except (OSError, ValueError):
+        return False
+
+
 #: What ``write_geojson`` may replace: a GeoJSON map of ours.
 GEOJSON_KIND = OutputKind("GeoJSON map", is_map_geojson)
 
@@ -208,30 +239,41 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_geojson(path: str | os.PathLike[str]) -> Annotations:
-    """The polygons of a GeoJSON written by :func:`write_geojson`.
+def read_geojson(path: str | os.PathLike[str], slide_mpp: float | None = None) -> Annotations:
+    """The polygons of a GeoJSON: ours (:func:`write_geojson`, which records the slide's µm/px),
+    or another tool's in level-0 pixels, QuPath's in particular, given the slide's ``slide_mpp``.
 
-    Raises :class:`MapFileError` naming the file for anything else:
-    not JSON, no ``xmag`` member with a positive slide µm/px, a feature that is not a
-    (Multi)Polygon. Optional members that are malformed (a colour, a label) get defaults.
+    A feature's class is its ``properties.classification.name`` (QuPath), else its
+    ``properties.name``; features that are not (Multi)Polygons (points, lines) are skipped and
+    counted in ``info["skipped"]``. Raises :class:`MapFileError` naming the file otherwise:
+    not JSON, no polygon, no µm/px. Malformed optional members (a colour, a label) get defaults.
     """
     p = Path(path)
-    if not is_map_geojson(p):
-        raise MapFileError(f"{p}: not a napari-xmag GeoJSON (no xmag member with the slide µm/px)")
+    ours = is_map_geojson(p)
+    if not ours and not is_annotation_geojson(p):
+        raise MapFileError(f"{p}: not a GeoJSON of polygons (a napari-xmag map or QuPath annotations)")
     try:
         data = _load(p)
-        info = dict(data["xmag"])
-        info["slide_mpp"] = mpp = positive_float(info.get("slide_mpp"))
-        if mpp is None:
-            mpp = data["xmag"]["slide_mpp"]
-            raise MapFileError(f"{p}: the slide µm/px ({mpp!r}) is not a positive number")
-        info["cell_area_level0"] = positive_float(info.get("cell_area_level0"))
+        if ours:
+            info = dict(data["xmag"])
+            info["slide_mpp"] = mpp = positive_float(info.get("slide_mpp"))
+            if mpp is None:
+                given = data["xmag"]["slide_mpp"]
+                raise MapFileError(f"{p}: the slide µm/px ({given!r}) is not a positive number")
+            info["cell_area_level0"] = positive_float(info.get("cell_area_level0"))
+        else:
+            mpp = positive_float(slide_mpp)
+            if mpp is None:
+                raise MapFileError(f"{p}: its polygons are in the slide's level-0 pixels: open the slide"
+                                   " first (its µm/px places them)")
+            info = {"slide_mpp": mpp, "source": "annotations", "name": p.stem}
         if not isinstance(info.get("metadata"), dict):
             info["metadata"] = {}
-        features = data.get("features")
-        if not isinstance(features, list):
+        features = _feature_list(data)
+        if features is None:
             raise MapFileError(f"{p}: 'features' is not a list of GeoJSON features")
         geoms, classes, colors, labels = [], [], [], []
+        skipped = 0
         for i, feat in enumerate(features):
             if not isinstance(feat, dict):
                 raise MapFileError(f"{p}: feature {i} is not a GeoJSON Feature object")
@@ -239,12 +281,16 @@ def read_geojson(path: str | os.PathLike[str]) -> Annotations:
             cls = props["classification"] if isinstance(props.get("classification"), dict) else {}
             geom = shape(feat["geometry"])
             if geom.geom_type not in ("Polygon", "MultiPolygon"):
-                raise MapFileError(f"{p}: feature {i} is a {geom.geom_type}, not a (Multi)Polygon")
+                if ours:
+                    raise MapFileError(f"{p}: feature {i} is a {geom.geom_type}, not a (Multi)Polygon")
+                skipped += 1
+                continue
             geoms.append(geom)
             classes.append(str(cls.get("name") or props.get("name") or ""))
             colors.append(_color(cls.get("color")))
             label = props.get("xmag_label", 0)
             labels.append(int(label) if _number(label) else 0)
+        info["skipped"] = skipped
     except MapFileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, ShapelyError) as err:
@@ -270,13 +316,16 @@ def polygon_vertices(poly: Any) -> np.ndarray:
     return np.vstack(parts)
 
 
-def geojson_layer_data(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], dict[str, Any], str]:
-    """A napari Shapes layer data tuple: polygons in µm (y, x), on the slide layer of our reader.
+def geojson_layer_data(
+    path: str | os.PathLike[str], slide_mpp: float | None = None
+) -> tuple[list[np.ndarray], dict[str, Any], str]:
+    """A napari Shapes layer data tuple: polygons in µm (y, x), on the slide layer of our reader
+    (``slide_mpp``: that slide's, for a GeoJSON that is not ours, see :func:`read_geojson`).
 
     Level-0 pixel ``x`` is centred at ``x * mpp``, so a polygon vertex at level-0 position ``X``
     (a pixel edge) is drawn at ``(X - 0.5) * mpp``.
     """
-    ann = read_geojson(path)
+    ann = read_geojson(path, slide_mpp)
     mpp = ann.slide_mpp
     shapes, classes, labels, edge, face = [], [], [], [], []
     for geom, cls, rgb, label in zip(ann.geometries, ann.classes, ann.colors, ann.labels, strict=True):
@@ -291,18 +340,22 @@ def geojson_layer_data(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], 
     meta = dict(ann.info.get("metadata") or {})
     meta.setdefault("slide_mpp", mpp)
     meta.setdefault("slide_path", ann.info.get("slide_path", ""))
-    cell = float(ann.info.get("cell_area_level0") or 1.0) ** 0.5 * mpp
+    ours = ann.info.get("source") != "annotations"
+    if ours:  # a map's cells: lines a twentieth of a cell wide
+        width = float(ann.info.get("cell_area_level0") or 1.0) ** 0.5 * mpp / 20
+    else:  # hand-drawn regions: lines that stay visible when the whole slide is in view
+        span = max((float(np.ptp(v, axis=0).max()) for v in shapes), default=0.0)
+        width = span / 300
+    info = {k: v for k, v in ann.info.items() if k != "metadata"}
     kwargs: dict[str, Any] = {
-        "name": str(ann.info.get("name") or Path(path).stem),
+        "name": str(ann.info.get("name") or Path(path).stem) if ours else f"annotations · {Path(path).stem}",
         "shape_type": "polygon",
         "edge_color": edge or "yellow",
         "face_color": face or "transparent",
-        "edge_width": max(cell / 20, mpp),
+        "edge_width": max(width, mpp),
         "features": {"class": classes, "label": labels},
         "units": ("um", "um"),
-        "metadata": {
-            "xmag_map": meta,
-            "xmag_geojson": {k: v for k, v in ann.info.items() if k != "metadata"},
-        },
+        # a map of ours stays a map; annotations are what the few-shot probe trains on
+        "metadata": {"xmag_map": meta, "xmag_geojson": info} if ours else {"xmag_annotations": info},
     }
     return shapes, kwargs, "shapes"

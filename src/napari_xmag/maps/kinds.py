@@ -25,7 +25,16 @@ from ..slide import Slide
 from ..tiling import tissue_mask
 from .grid import MapError, MapGrid, grid_for_features, rasterize_labels, rasterize_mean
 from .probes import ProbeFileError, load_probe, predict, probe_classes
-from .slide_map import KINDS, MAP_FORMAT, MAP_FORMAT_VERSION, SlideMap, base_metadata, label_colors, make_map
+from .slide_map import (
+    KINDS,
+    MAP_FORMAT,
+    MAP_FORMAT_VERSION,
+    SlideMap,
+    base_metadata,
+    label_colors,
+    make_map,
+    map_name,
+)
 
 __all__ = [
     "KMEANS_MAX_FIT",
@@ -163,7 +172,7 @@ def _header_grid(source: Source, slide_mpp: float | None) -> tuple[FeatureHeader
 
 
 def _name(meta: dict[str, Any], label: str) -> str:
-    return f"{meta['slide_name']} {label}"
+    return map_name(label, meta["slide_name"])
 
 
 def pca_map(
@@ -321,4 +330,4 @@ def tissue_map(slide_path: str | os.PathLike[str], mpp_override: float | None = 
         "tissue_fraction": mask.tissue_fraction, "xmag_version": __version__,
     }
     return SlideMap(mask.mask.astype(np.uint8), grid.scale, grid.translate, "labels",
-                    f"{slide_path.stem} tissue", meta, grid)
+                    map_name("tissue", slide_path.stem), meta, grid)

@@ -17,6 +17,7 @@ from .. import __version__
 from .._paths import InputFileError
 from .._values import json_safe, positive_float
 from ..features import FeatureHeader
+from ..provenance import tagged_name
 from .grid import MapGrid
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "label_colormap",
     "label_colors",
     "make_map",
+    "map_name",
 ]
 
 KINDS = ("pca", "kmeans", "probe", "attention", "cosine")
@@ -111,8 +113,9 @@ class SlideMap:
     def layer_data(self) -> tuple[Any, dict[str, Any], str]:
         """A napari layer data tuple ``(data, kwargs, layer_type)`` aligned with the slide layer."""
         meta = {"xmag_map": json_safe(self.metadata)}
+        random = bool(self.metadata.get("weights_random"))
         kw: dict[str, Any] = {
-            "name": self.name,
+            "name": tagged_name(self.name, random),
             "scale": tuple(self.scale),
             "translate": tuple(self.translate),
             "units": ("um", "um"),
@@ -140,7 +143,7 @@ class SlideMap:
             colors = self.colors or label_colors(len(names))
             kw.update(
                 channel_axis=0,
-                name=[f"{self.name} {c}" for c in names],
+                name=[tagged_name(_channel_name(self.name, c), random) for c in names],
                 colormap=[_channel_colormap(c, rgb) for c, rgb in zip(names, colors, strict=False)],
                 contrast_limits=[(0.0, 1.0)] * len(names),
                 blending="additive",
@@ -153,6 +156,12 @@ class SlideMap:
 
 
 _HEATMAP_COLORMAP = {"attention": "inferno", "cosine": "viridis", "heatmap": "viridis"}
+
+
+def _channel_name(name: str, channel: str) -> str:
+    """``probe · slide`` and ``tumour`` -> ``probe tumour · slide``: the class stays up front."""
+    label, sep, rest = name.partition(" · ")
+    return f"{label} {channel}{sep}{rest}"
 
 
 def _channel_colormap(name: str, rgb: Sequence[int]) -> dict[str, Any]:
@@ -193,6 +202,12 @@ def base_metadata(header: FeatureHeader, grid: MapGrid, kind: str, **extra: Any)
     }
     meta.update(extra)
     return json_safe(meta)
+
+
+def map_name(label: str, slide_name: str) -> str:
+    """A map's name, the kind first so that layers stay apart in napari's narrow layer list:
+    ``PCA · CMU-1-Small-Region`` (:meth:`SlideMap.layer_data` adds ``· random weights``)."""
+    return f"{label} · {slide_name}"
 
 
 def make_map(data: np.ndarray, grid: MapGrid, kind: str, name: str, meta: dict[str, Any]) -> SlideMap:

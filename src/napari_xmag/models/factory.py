@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import _triton  # noqa: F401  # isort: skip  # first: triton bound to its own LLVM
 import timm
 import torch
 from safetensors import safe_open
