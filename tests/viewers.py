@@ -50,3 +50,21 @@ def canvas_text(viewer: Any) -> dict[str, list[str]]:
         if shown:
             out[layer.name] = shown
     return out
+
+
+class Notifications:
+    """The messages napari notified while the ``with`` block ran (warnings, errors, info)."""
+
+    def __enter__(self) -> list[str]:
+        from napari.utils.notifications import notification_manager
+
+        self.messages: list[str] = []
+        self._manager = notification_manager
+        notification_manager.notification_ready.connect(self._record)
+        return self.messages
+
+    def _record(self, event: Any) -> None:
+        self.messages.append(str(getattr(event, "message", event)))
+
+    def __exit__(self, *exc: Any) -> None:
+        self._manager.notification_ready.disconnect(self._record)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cases import CMU1, save_screenshot
+from napari_xmag._widgets._common import camera, text_overlay
 from napari_xmag._widgets.comparison import RANDOM, ROLE, WHOLE_SLIDE, ComparisonWidget, roi_from_rectangle
 from napari_xmag.compare import cosine_map, read_comparison
 from napari_xmag.compare import report_rows as table_rows
@@ -78,7 +79,7 @@ def test_run_on_roi_shows_layers_and_table(make_napari_viewer, qtbot, tmp_path) 
     owned = {layer.metadata[ROLE]: layer for layer in viewer.layers if ROLE in layer.metadata}
     assert set(owned) == {"cosine", "student slide", "student clusters", "teacher slide",
                           "teacher clusters"}  # no canvas text: captions are in the dock and overlay
-    assert viewer.text_overlay.visible and "teacher clusters" in viewer.text_overlay.text
+    assert text_overlay(viewer).visible and "teacher clusters" in text_overlay(viewer).text
     assert [e.kind for e in widget.legend.entries] == ["colorbar", "classes", "classes"]
     assert widget.legend.entries[0].units.startswith("cosine")
     cos = owned["cosine"]
@@ -116,7 +117,7 @@ def test_run_on_roi_shows_layers_and_table(make_napari_viewer, qtbot, tmp_path) 
     assert len({n[:18] for n in names}) == len(names), names
     # the view frames the three panels: the teacher's, two slide widths to the right, is in it
     teacher = owned["teacher clusters"]
-    centre_x = viewer.camera.center[-1] if hasattr(viewer, "camera") else viewer.scene.camera.center[-1]
+    centre_x = camera(viewer).center[-1]
     assert width < centre_x < teacher.translate[-1] + width
 
     # Load the folder into a fresh widget: the same layers, the same table
@@ -158,9 +159,9 @@ def test_screenshot_whole_cmu1(make_napari_viewer, qtbot, tmp_path) -> None:
     widget._out_edit.value = tmp_path / "whole"
     _run(widget, qtbot)
     assert widget.result is not None and len(widget.result) == 4
-    viewer.window._qt_window.resize(1600, 900)
+    viewer.window.resize(1600, 1000)
     qtbot.wait(50)
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=True, flash=False)
-    save_screenshot(shot, "widget-comparison.png", tmp_path)
+    save_screenshot(shot, "widget-comparison-docked.png", tmp_path)  # docs: cold_viewer.py
     assert shot.ndim == 3 and shot.shape[-1] == 4

@@ -153,7 +153,7 @@ def test_npe2_offers_the_widget(make_napari_viewer) -> None:
 
 def test_screenshot(make_napari_viewer, qtbot, tmp_path) -> None:
     viewer = make_napari_viewer(show=True)
-    viewer.window.resize(1500, 900)
+    viewer.window.resize(1600, 1000)
     open_slide(viewer, CMU1.path)
     widget = make_widget(viewer, tmp_path, grid=True, k=4)
     viewer.window.add_dock_widget(widget, name="XMAG inference", area="right")
@@ -164,5 +164,5 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path) -> None:
     viewer.reset_view()
     qtbot.wait(100)
     shot = viewer.screenshot(canvas_only=False, flash=False)
-    save_screenshot(shot, "widget-inference.png", tmp_path)
+    save_screenshot(shot, "widget-inference-docked.png", tmp_path)  # docs: cold_viewer.py
     assert shot.shape[0] > 300

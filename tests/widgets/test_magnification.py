@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cases import BOXES, CMU1, save_screenshot, tissue_fraction
+from napari_xmag._widgets._common import camera, text_overlay
 from napari_xmag.magnification import MAGNIFICATIONS
 from napari_xmag.slide import MissingMppWarning
 from viewers import canvas_text, wait_for
@@ -26,11 +27,6 @@ def show(qtbot, widget) -> None:
     """Press *Show magnifications* and wait for the pictures (read in the background)."""
     widget._on_show()
     wait_for(qtbot, widget.task)
-
-
-def camera(viewer):
-    """``viewer.scene.camera`` (napari 0.9), ``viewer.camera`` before."""
-    return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
 
 
 def owned(viewer, role):
@@ -81,7 +77,7 @@ def test_widget_shows_five_views_and_the_footprint(make_napari_viewer, qtbot) ->
     lines = captions.split("<br>")[2:]
     assert lines[0].startswith(f"2.5x · 4.00 µm/px · 112 {X} 112 px · level 0 ÷ 8.018")
     assert "#ffa040" in lines[-1] and "no extra detail" in lines[-1]  # the enlarged one stands out
-    assert viewer.text_overlay.visible and viewer.text_overlay.text.startswith("2.5x  ·  5x  ·  10x")
+    assert text_overlay(viewer).visible and text_overlay(viewer).text.startswith("2.5x  ·  5x  ·  10x")
     assert canvas_text(viewer) == {}  # no canvas text at all
     assert "40x: enlarged from 20x scan, no extra detail" in widget._status.value
     assert [r["magnification"] for r in widget.rows] == list(MAGNIFICATIONS)
@@ -199,14 +195,14 @@ def test_npe2_offers_the_widget(make_napari_viewer) -> None:
 # ---- in a real viewer ---------------------------------------------------------------------
 def test_screenshot(make_napari_viewer, qtbot, tmp_path) -> None:
     viewer = make_napari_viewer(show=True)
-    viewer.window.resize(1700, 680)
+    viewer.window.resize(1600, 1000)
     slide_layer, widget = open_cmu1(viewer)
     qtbot.wait(50)  # let the canvas take its size before the widget frames the row
     widget._source_edit.value = "view centre"
     camera(viewer).center = (0, 1505 * 0.499, 1090 * 0.499)
     show(qtbot, widget)
     shot = viewer.screenshot(canvas_only=True, flash=False)
-    save_screenshot(shot, "explorer-cmu1.png", tmp_path)
+    save_screenshot(shot, "explorer-cmu1-row.png", tmp_path)  # docs: cold_viewer.py
     h, w = shot.shape[:2]
     # five pictures of tissue across the middle of the canvas, black canvas elsewhere
     band = shot[int(0.3 * h) : int(0.6 * h)]

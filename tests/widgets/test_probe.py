@@ -94,7 +94,7 @@ def test_npe2_offers_the_widget(make_napari_viewer) -> None:
 
 def test_screenshot(make_napari_viewer, qtbot, embedded, tmp_path) -> None:
     viewer = make_napari_viewer(show=True)
-    viewer.window.resize(1500, 900)
+    viewer.window.resize(1600, 1000)
     widget, _ = trained_widget(viewer, embedded, qtbot)
     viewer.window.add_dock_widget(widget, name="XMAG few-shot probe", area="right")
     for layer in owned(viewer, "heatmaps"):
@@ -107,5 +107,5 @@ def test_screenshot(make_napari_viewer, qtbot, embedded, tmp_path) -> None:
     viewer.reset_view()
     qtbot.wait(100)
     shot = viewer.screenshot(canvas_only=False, flash=False)
-    save_screenshot(shot, "widget-probe.png", tmp_path)
+    save_screenshot(shot, "widget-probe-docked.png", tmp_path)  # docs: cold_viewer.py
     assert shot.shape[0] > 300

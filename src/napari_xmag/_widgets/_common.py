@@ -24,6 +24,62 @@ def confirm_replace(path: Any, reason: str) -> bool:
     return answer == QMessageBox.Yes
 
 
+def in_scroll_area(outer: Any, form: list[Any], wide: list[Any] = ()) -> Any:  # type: ignore[assignment]
+    """Lay out a dock: the labelled controls of ``form``, then ``wide`` (status, captions, tables,
+    legends) at the dock's full width, all in a vertical scroll area, so that a tall dock scrolls
+    rather than making the window taller than the screen, and rows pack at the top. (napari
+    docks a Container's inner widget, which drops magicgui's own ``scrollable``.) Returns the
+    inner Container; keep a reference to it."""
+    from magicgui.widgets import Container
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    body = Container(widgets=[Container(widgets=form), *wide], labels=False)
+    body.native.layout().addStretch(1)
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    area.setWidget(body.native)
+    area.setMinimumWidth(body.native.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width())
+    layout = outer.native.layout()
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(area)
+    return body
+
+
+def text_label(value: str = "") -> Any:
+    """A Label for sentences (status, captions, legends): wrapped to the dock's width, never
+    widening it (a long path is cut at the edge rather than pushing the controls off)."""
+    from magicgui.widgets import Label
+    from qtpy.QtWidgets import QSizePolicy
+
+    label = Label(value=value)
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+    label.native.setMinimumWidth(1)
+    return label
+
+
+def camera(viewer: Any) -> Any:
+    """``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before."""
+    return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+
+
+def text_overlay(viewer: Any) -> Any:
+    """Napari's text overlay (screen-space text, legible at any zoom): ``viewer.canvas.overlays.text``
+    from napari 0.9, ``viewer.text_overlay`` before."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    return overlays.text if overlays is not None and hasattr(overlays, "text") else viewer.text_overlay
+
+
+def caption_overlay(viewer: Any, text: str, font_size: int = 12) -> Any:
+    """Say what the canvas shows in one line at its top, in screen space (never canvas text)."""
+    overlay = text_overlay(viewer)
+    overlay.text, overlay.position, overlay.font_size, overlay.visible = text, "top_center", font_size, True
+    return overlay
+
+
 def slide_layers(viewer: napari.viewer.Viewer, *exclude_roles: str) -> list[tuple[str, Any]]:
     """(name, layer) of the Image layers our reader made (they carry ``metadata["xmag"]``)."""
     from napari.layers import Image  # napari only when asked: _writer imports this module

@@ -13,6 +13,8 @@ from magicgui.widgets import Container, Label
 from napari.layers import Image, Labels, Shapes
 from qtpy.QtGui import QImage, QPixmap
 
+from napari_xmag._widgets._common import text_label
+
 __all__ = ["Legend", "LegendEntry", "legend_entries"]
 
 BAR_SIZE = (160, 12)  # colour bar, px
@@ -71,7 +73,8 @@ def legend_entries(layer: Any) -> list[LegendEntry]:
         n = len(layer.data)
         labels = list(layer.features["label"]) if "label" in layer.features else [layer.name] * n
         for label, colour in zip(labels, layer.edge_color, strict=False):
-            seen.setdefault(str(label), _rgb(colour))
+            if str(label).strip():  # unlabelled shapes (the 15 other teacher crops) share the first's key
+                seen.setdefault(str(label), _rgb(colour))
         return [LegendEntry(layer.name, "outline", classes=list(seen.items()))]
     return []
 
@@ -94,25 +97,23 @@ class Legend(Container):
             self.extend(self._block(entry))
 
     def _block(self, entry: LegendEntry) -> list[Any]:
-        title = Label(value=f"<b>{entry.title}</b>")
-        title.native.setWordWrap(True)
+        title = text_label(f"<b>{entry.title}</b>")
         widgets: list[Any] = [title]
         if entry.kind == "colorbar" and entry.colors is not None and entry.limits is not None:
             bar = Label(value="")
             bar.native.setPixmap(_bar_pixmap(entry.colors))
             lo, hi = entry.limits
-            widgets += [bar, Label(value=f"{_number(lo)} … {_number(hi)}  {entry.units}".rstrip())]
+            widgets += [bar, text_label(f"{_number(lo)} … {_number(hi)}  {entry.units}".rstrip())]
         elif entry.kind in ("classes", "outline"):
             shown = entry.classes[:MAX_CLASSES]
             rows = [f'<span style="background-color: rgb{rgb}">&nbsp;&nbsp;&nbsp;&nbsp;</span>&nbsp;{name}'
                     for name, rgb in shown]
             if len(entry.classes) > len(shown):
                 rows.append(f"… and {len(entry.classes) - len(shown)} more")
-            key = Label(value="<br>".join(rows))
+            key = text_label("<br>".join(rows))
             widgets.append(key)
         if entry.note:
-            note = Label(value=entry.note)
-            note.native.setWordWrap(True)
+            note = text_label(entry.note)
             widgets.append(note)
         return widgets
 

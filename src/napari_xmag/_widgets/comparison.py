@@ -24,18 +24,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Table
 from napari.layers import Shapes
 
 from napari_xmag import compare, maps
 from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import (
     apply_mpp_override,
+    caption_overlay,
+    in_scroll_area,
     layer_mpp_override,
     mpp_override_edit,
     slide_info,
     slide_layers,
     slide_needs_mpp,
+    text_label,
 )
 from napari_xmag._widgets._legend import Legend
 from napari_xmag._widgets._task import BackgroundTask, notify
@@ -107,12 +110,12 @@ class ComparisonWidget(Container):
         self._table = Table()
         self._table.read_only = True
         self._table.native.setMaximumHeight(300)  # it scrolls: the dock fits a 1000 px screen
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)
+        self._status = text_label()
         self.legend = Legend()
-        self.extend([self._slide_edit, self._mpp_override_edit, self._student_edit, self._teacher_edit,
-                     self._weights_edit, self._precision_edit, self._roi_edit, self._out_edit, buttons,
-                     self._status, self._table, self.legend])
+        self._body = in_scroll_area(self, [
+            self._slide_edit, self._mpp_override_edit, self._student_edit, self._teacher_edit,
+            self._weights_edit, self._precision_edit, self._roi_edit, self._out_edit, buttons,
+        ], [self._status, self._table, self.legend])
         self.task = BackgroundTask(
             "XMAG teacher comparison", [self._run_button, self._load_button], self._status,
             self._cancel_button, cancelled_types=(EmbedCancelled,),
@@ -148,7 +151,8 @@ class ComparisonWidget(Container):
 
     def _on_weights(self, _event: Any = None) -> None:
         if self._weights_edit.value == RANDOM:
-            self._status.value = "Random weights: for trying the plumbing only; every number and map is noise."
+            self._status.value = ("Random weights: for trying the plumbing only; every number and map"
+                                  " is noise.")
 
     def _on_run(self, _event: Any = None) -> None:
         layer = self._slide_edit.value
@@ -217,15 +221,15 @@ class ComparisonWidget(Container):
             raster = maps.rasterize_labels(grid, rows, cols, labels)
             name = tagged_name(f"{side} clusters · {r[side]['model']} · {slide_name}",
                                r[side]["weights"]["random"])
-            shown.append(self._show_labels(side, raster, grid, offset, name, maps.label_colors(k)))
+            shown.append(self._show_labels(side, raster, grid, offset, name, maps.label_colors(k),
+                                           bool(r[side]["weights"]["random"])))
         rows_ = report_rows(result.report)
         self._table.value = {"data": [[v] for v in rows_.values()], "index": list(rows_),
                              "columns": ["value"]}
         self._table.native.resizeColumnsToContents()
         self.legend.show_layers(shown)
-        overlay = self._viewer.text_overlay
-        overlay.text = f"cosine  ·  student clusters  ·  teacher clusters (k = {k})  (left to right)"
-        overlay.position, overlay.font_size, overlay.visible = "top_center", 12, True
+        caption_overlay(self._viewer,
+                        f"cosine  ·  student clusters  ·  teacher clusters (k = {k})  (left to right)")
         self._status.value = result.summary()
         for side in ("student", "teacher"):
             if r[side]["weights"]["random"]:
@@ -305,14 +309,16 @@ class ComparisonWidget(Container):
         return layer
 
     def _show_labels(self, side: str, raster: np.ndarray, grid: Any, offset: tuple[float, float],
-                     name: str, colors: list[list[int]]) -> Any:
+                     name: str, colors: list[list[int]], random: bool) -> Any:
         cmap = maps.label_colormap(colors)
         translate = (grid.translate[0] + offset[0], grid.translate[1] + offset[1])
         role = f"{side} clusters"
         layer = self._owned(role)
         if layer is not None:
             self._viewer.layers.remove(layer)
+        classes = ["background", *(f"cluster {i}" for i in range(1, len(colors) + 1))]
         return self._viewer.add_labels(
             raster.astype(np.int32), name=name, scale=grid.scale, translate=translate,
-            units=("um", "um"), opacity=0.6, colormap=cmap, metadata={ROLE: role},
+            units=("um", "um"), opacity=0.6, colormap=cmap, metadata={ROLE: role, "weights_random": random},
+            features={"index": list(range(len(classes))), "class": classes},
         )

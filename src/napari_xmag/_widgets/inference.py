@@ -26,7 +26,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
@@ -36,6 +35,7 @@ from napari_xmag import maps as xmaps
 from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import (
     apply_mpp_override,
+    in_scroll_area,
     layer_mpp_override,
     mpp_override_edit,
     replace_layer,
@@ -44,6 +44,7 @@ from napari_xmag._widgets._common import (
     slide_layers,
     slide_needs_mpp,
     slide_offset,
+    text_label,
 )
 from napari_xmag._widgets._legend import Legend
 from napari_xmag._widgets._task import BackgroundTask, notify
@@ -116,7 +117,7 @@ class InferenceWidget(Container):
             tooltip="fraction of a patch that must be tissue",
         )
         self._device_edit = ComboBox(label="device", choices=DEVICES, value="auto")
-        self._precision_edit = ComboBox(label="precision", choices=PRECISIONS, value="fp32",
+        self._precision_edit = ComboBox(label="precision", choices=PRECISIONS, value="auto",
                                         tooltip="as xmag embed --precision")
         self._out_edit = FileEdit(label="features folder", mode="d", value=default_output_folder(),
                                   tooltip="features go to <folder>/<model>-<weights>/<settings>/<slide>.h5,"
@@ -130,16 +131,14 @@ class InferenceWidget(Container):
         self._cancel_button = PushButton(text="Cancel")
         buttons = Container(widgets=[self._run_button, self._cancel_button], layout="horizontal",
                             labels=False)
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)
+        self._status = text_label()
         self.legend = Legend()
-        self.extend([
+        self._body = in_scroll_area(self, [
             self._slide_edit, self._mpp_override_edit, self._model_edit, self._model_choices,
             self._weights_edit, self._mpp_edit, self._stride_edit, self._threshold_edit,
             self._device_edit, self._precision_edit, self._out_edit, self._pca_edit,
-            self._kmeans_edit, self._k_edit, self._mask_edit, self._grid_edit, buttons, self._status,
-            self.legend,
-        ])
+            self._kmeans_edit, self._k_edit, self._mask_edit, self._grid_edit, buttons,
+        ], [self._status, self.legend])
         self.task = BackgroundTask(
             "XMAG embedding", [self._run_button], self._status, self._cancel_button,
             cancelled_types=(EmbedCancelled,),

@@ -13,17 +13,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton
 from napari.layers import Points, Shapes
 
 from napari_xmag import magnification
 from napari_xmag._widgets._common import (
     apply_mpp_override,
+    camera,
+    caption_overlay,
+    in_scroll_area,
     layer_mpp_override,
     mpp_override_edit,
     slide_info,
     slide_layers,
     slide_needs_mpp,
+    text_label,
 )
 from napari_xmag._widgets._legend import Legend
 from napari_xmag._widgets._task import BackgroundTask, notify
@@ -67,15 +71,13 @@ class MagnificationExplorer(Container):
         )
         self._follow_edit = CheckBox(text="update when the point or rectangle moves", value=False)
         self._show_button = PushButton(text="Show magnifications")
-        self._captions = Label(value="")
-        self._captions.native.setWordWrap(True)
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)
+        self._captions = text_label()
+        self._status = text_label()
         self.legend = Legend()
-        self.extend(
-            [self._slide_edit, self._mpp_override_edit, self._source_edit, self._fov_edit,
-             self._follow_edit, self._show_button, self._status, self._captions, self.legend]
-        )
+        self._body = in_scroll_area(self, [
+            self._slide_edit, self._mpp_override_edit, self._source_edit, self._fov_edit,
+            self._follow_edit, self._show_button,
+        ], [self._status, self._captions, self.legend])
         self.task = BackgroundTask("XMAG magnifications", [self._show_button], self._status)
         #: One dict per view (``MagnificationView.row``), left to right, after a *Show*.
         self.rows: list[dict[str, Any]] = []
@@ -167,12 +169,11 @@ class MagnificationExplorer(Container):
         outlines = self._show_outlines(arrangement.outlines(footprint, translate), max(fov.size_um), units)
         self.rows = [v.row() for v in views]
         self._captions.value = _captions_html(arrangement.title, views)
-        overlay = self._viewer.text_overlay
-        overlay.text = "  ·  ".join(v.magnification for v in views) + "  (left to right; details in the dock)"
-        overlay.position, overlay.font_size, overlay.visible = "top_center", OVERLAY_SIZE, True
+        caption_overlay(self._viewer, "  ·  ".join(v.magnification for v in views)
+                        + "  (left to right; details in the dock)", OVERLAY_SIZE)
         self.legend.show_layers([outlines])
         notes = [f"{v.magnification}: {v.note}." for v in views if v.note]
-        self._status.value = "\n".join([arrangement.title, *notes])
+        self._status.value = "\n".join(notes) or "Shown: the captions are below."
         if frame:
             self._viewer.fit_to_view(layers=panels, margin=0.1)
         self._viewer.layers.selection.active = layer
@@ -186,7 +187,7 @@ class MagnificationExplorer(Container):
         slide = slide_explorer.slide
         size = self._fov_edit.value
         if source == VIEW_CENTRE:
-            y, x = np.asarray(self._camera().center[-2:]) - translate
+            y, x = np.asarray(camera(self._viewer).center[-2:]) - translate
             return magnification.field_of_view(slide, point=(x, y), size_um=size, units="um")
         if source == CURSOR:
             y, x = np.asarray(self._viewer.cursor.position[-2:]) - translate
@@ -202,11 +203,6 @@ class MagnificationExplorer(Container):
             return magnification.field_of_view(slide, box=(x0, y0, x1, y1), units="um")
         y, x = world[-1]
         return magnification.field_of_view(slide, point=(x, y), size_um=size, units="um")
-
-    def _camera(self) -> Any:
-        """``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before."""
-        viewer = self._viewer
-        return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
 
     def _owned(self, role: str) -> Any:
         for layer in self._viewer.layers:

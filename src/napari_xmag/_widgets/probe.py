@@ -14,13 +14,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from napari.layers import Labels, Points, Shapes
 
 from napari_xmag import fewshot
 from napari_xmag._atomic import OutputExistsError
 from napari_xmag._widgets import _common
-from napari_xmag._widgets._common import replace_layer, shifted, slide_info, slide_layers, slide_offset
+from napari_xmag._widgets._common import (
+    in_scroll_area,
+    replace_layer,
+    shifted,
+    slide_info,
+    slide_layers,
+    slide_offset,
+    text_label,
+)
 from napari_xmag._widgets._legend import Legend
 from napari_xmag._widgets._task import BackgroundTask, notify
 from napari_xmag.provenance import random_weights_warning
@@ -64,14 +72,13 @@ class ProbeWidget(Container):
         )
         self._save_button = PushButton(text="Save probe")
         self._load_button = PushButton(text="Load probe")
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)
+        self._status = text_label()
         self.legend = Legend()
-        self.extend([
+        self._body = in_scroll_area(self, [
             self._slide_edit, self._features_edit, self._annotations_edit, self._new_button,
             self._train_button, self._probe_file_edit, self._save_button, self._load_button,
-            self._trust_edit, self._status, self.legend,
-        ])
+            self._trust_edit,
+        ], [self._status, self.legend])
         self.task = BackgroundTask("XMAG few-shot probe", [self._train_button, self._load_button,
                                                            self._save_button], self._status)
         self._probe: Any = None

@@ -177,7 +177,11 @@ def _limits(data: np.ndarray, kind: str) -> tuple[float, float]:
     lo, hi = float(finite.min()), float(finite.max())
     if lo >= 0.0 and hi <= 1.0 and kind != "cosine":
         return (0.0, 1.0)
-    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+    if hi > lo:
+        return (lo, hi)
+    if kind == "cosine":  # one value (one scored patch): a range within cosine's own [-1, 1]
+        return (max(-1.0, lo - 1.0), min(1.0, lo + 1.0)) if lo < 1.0 else (0.0, 1.0)
+    return (lo - 0.5, lo + 0.5)
 
 
 def base_metadata(header: FeatureHeader, grid: MapGrid, kind: str, **extra: Any) -> dict[str, Any]:
