@@ -33,5 +33,5 @@ def write_comparison(out: Path, coords, cosine, slide_mpp=0.499, size0=897.79559
 
 
 
-KW = {"progress": False, "device": "cpu", "batch_size": 8, "workers": 1}
+KW = {"progress": False, "device": "cpu", "batch_size": 8, "workers": 1, "precision": "fp32"}
 

@@ -16,7 +16,7 @@ from napari_xmag.cli import main
 from napari_xmag.embed import EmbedCancelled, EmbedSettings, embed_patches, embed_slide, iter_patch_batches
 from napari_xmag.features import read_features
 from napari_xmag.models import create_model
-from napari_xmag.models.factory import MODELS_ENV
+from napari_xmag.models.plan import MODELS_ENV
 from napari_xmag.models.precision import prepare_model
 from napari_xmag.slide import Slide, SlideError
 from napari_xmag.synthetic import write_aperio_pyramid
@@ -41,7 +41,7 @@ def direct_forward(model, slide_path, coords, mpp, size=224) -> np.ndarray:
 def test_cli_embed_cmu1_coords_by_hand_and_features_equal_a_direct_forward(tmp_path, capsys) -> None:
     """The real XMAG architecture (ViT-B/14, random weights) on real tissue at 5x."""
     rc = main(["embed", str(CMU1.path), "--model", "xmag", "--weights", "random", "--out",
-               str(tmp_path), "--batch-size", "3", "--no-progress"])
+               str(tmp_path), "--batch-size", "3", "--no-progress"])  # random weights: auto is fp32
     assert rc == 0
     assert "CMU-1-Small-Region.svs: 4 patches in" in capsys.readouterr().out
     data = read_features(tmp_path / "CMU-1-Small-Region.h5")
@@ -97,7 +97,8 @@ def test_zarr_keeps_token_grids(tmp_path, pyramid_path, tiny_xmag) -> None:
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_cpu_precisions_stay_close_to_fp32(tmp_path, pyramid_path, precision) -> None:
     model = create_model("xmag", weights="random", tiny=True)
-    ref = read_features(embed_slide(pyramid_path, model, tmp_path / "fp32", progress=False).output)
+    ref = read_features(embed_slide(pyramid_path, model, tmp_path / "fp32", EmbedSettings(precision="fp32"),
+                                    progress=False).output)
     out = embed_slide(pyramid_path, model, tmp_path / precision, EmbedSettings(precision=precision),
                       progress=False)
     data = read_features(out.output)

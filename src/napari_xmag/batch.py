@@ -44,7 +44,7 @@ from . import __version__
 from ._atomic import check_output_folder, remove_stale_parts
 from ._memory import RssSampler
 from ._values import json_safe
-from .embed import EmbedSettings, embed_slide
+from .embed import EmbedSettings, embed_slide, resolved_precision
 from .features import unique_feature_paths
 from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, STATUSES, RunManifest, read_manifest
 from .models.files import WEIGHT_SUFFIXES
@@ -232,7 +232,9 @@ def _embed_task(job: dict[str, Any]) -> dict[str, Any]:
             settings = EmbedSettings(**job["settings"])
             model, built = _cached_model(job["model"], job["weights"], settings.device, settings.precision)
             who = model_identity(model)
-            record.update(load_model_seconds=round(built, 3), **{k: who[k] for k in _MODEL_KEYS})
+            record.update(load_model_seconds=round(built, 3), **{k: who[k] for k in _MODEL_KEYS},
+                          # auto: what this worker's CPU or GPU took
+                          precision=resolved_precision(settings, bool(who["weights_random"])))
             phase = "embed"
             result = embed_slide(job["slide"], model, job["out_dir"], settings, fmt=job["format"],
                                  overwrite=job["overwrite"], progress=False)

@@ -10,6 +10,7 @@ torch, timm or napari.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -65,10 +66,11 @@ def _runtime_options(p: argparse.ArgumentParser, *, batch_help: str, workers: bo
     """--device, --precision, --batch-size (and --workers): where and how the models run."""
     p.add_argument("--device", default="auto" if defaults else None, choices=DEVICES,
                    help="auto (default): CUDA, else MPS, else the CPU")
-    p.add_argument("--precision", default="fp32" if defaults else None, choices=PRECISIONS,
-                   help="fp32; bf16 (CPU: bf16 weights, about 2-5x faster where the CPU has bf16 units; GPU:"
-                   " autocast); fp16 (GPU); int8 (CPU inference: dynamic quantisation); auto (GPU: bf16"
-                   " autocast; CPU: fp32)")
+    p.add_argument("--precision", default="auto" if defaults else None, choices=PRECISIONS,
+                   help="auto (default): on a GPU bf16 autocast; on a CPU the fastest of bf16 (where the CPU"
+                   " has bf16 units: 3-5x fp32 with AMX), int8 (VNNI) and fp32, measured once per machine and"
+                   " cached (XMAG_CPU_PRECISION=fp32|bf16|int8 sets it); fp32; bf16; fp16 (GPU); int8 (CPU"
+                   " inference: dynamic quantisation)")
     p.add_argument("--batch-size", type=int, default=None, help=batch_help)
     if workers:
         p.add_argument("--workers", type=int, default=2, help="slide-reading threads (default: 2)")
@@ -353,21 +355,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xmag {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if not isinstance(err, _user_errors()) or os.environ.get("XMAG_DEBUG"):
+        if not isinstance(err, _user_errors(loaded_only=True)) or os.environ.get("XMAG_DEBUG"):
             raise
         print(f"xmag {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the input's fault: one line, exit code 2, no traceback."""
-    from ._atomic import OutputError  # on demand: --help needs no torch
-    from ._paths import InputFileError
-    from .embed import EmbedCancelled
-    from .models.files import WeightsError
-    from .slide import SlideError
+#: Errors that are the input's fault, by module: one line, exit code 2, no traceback.
+_USER_ERRORS = (
+    ("_atomic", "OutputError"), ("_paths", "InputFileError"), ("embed", "EmbedCancelled"),
+    ("models.files", "WeightsError"), ("slide", "SlideError"),
+)
 
-    return (EmbedCancelled, InputFileError, OutputError, SlideError, ValueError, WeightsError)
+
+def _user_errors(loaded_only: bool = False) -> tuple[type[BaseException], ...]:
+    """Errors that are the input's fault (and ValueError). ``loaded_only``: of the modules
+    imported so far, which are the only ones that can have raised (importing the others would
+    cost a missing file's error half a second)."""
+    found: list[type[BaseException]] = [ValueError]
+    for module, name in _USER_ERRORS:
+        qualified = f"{__package__}.{module}"
+        loaded = sys.modules.get(qualified)
+        if loaded is None and not loaded_only:
+            loaded = importlib.import_module(qualified)
+        if loaded is not None:
+            found.append(getattr(loaded, name))
+    return tuple(found)
 
 
 def _warn(text: str) -> None:
@@ -435,24 +448,79 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    """Check every slide first (no torch, no model: a bad path fails in a fraction of a second),
+    skip the finished ones, build the model only for what is left; a slide that fails is said
+    and the others go on. Exit 0, or 1 when any slide failed (2: one slide, refused)."""
+    from ._paths import InputFileError, file_problem
+
+    failed: dict[Path, str] = {}
+    for path in args.slides:  # a missing file is said before the (slower) imports below
+        problem = file_problem(path)
+        if problem and len(args.slides) == 1:
+            raise InputFileError(f"{path}: {problem}")
+        if problem:
+            failed[path] = problem
+            _warn(f"xmag embed: {path}: error: {problem}")
+
     from ._atomic import check_output_folder  # on demand: --help needs no torch
-    from .embed import embed_slide
+    from .embed import already_done, check_slide
     from .features import unique_feature_paths
-    from .models import inference_model
+    from .models.plan import planned_identity
     from .provenance import random_weights_warning
 
     check_output_folder(args.out)  # before the model is built or any slide read
     unique_feature_paths(args.slides, args.out, args.format)  # two slides, one output: refused now
-
     settings = _embed_settings(args)
-    model = inference_model(args.model, args.weights, device=settings.device, precision=settings.precision)
-    if model.weights.random:
-        _warn(random_weights_warning())
+    errors = _user_errors()
+    todo = []
     for path in args.slides:
-        result = embed_slide(path, model, args.out, settings, fmt=args.format,
-                             overwrite=args.overwrite, progress=not args.no_progress)
-        print(result.summary())
-    return 0
+        if path in failed:
+            continue
+        try:
+            check_slide(path, settings)
+        except errors as err:
+            if len(args.slides) == 1:
+                raise
+            failed[path] = str(err)
+            _warn(f"xmag embed: {path}: error: {err}")
+            continue
+        todo.append(path)
+    identity = planned_identity(args.model, args.weights) if todo else None
+    if identity is not None:
+        left = []
+        for path in todo:
+            finished = already_done(path, args.out, identity, settings, fmt=args.format)
+            if finished is None or args.overwrite:
+                left.append(path)
+            else:
+                print(finished.summary())
+        todo = left
+    skipped = len(args.slides) - len(failed) - len(todo)
+    if todo:
+        from .embed import embed_slide
+        from .models import inference_model
+
+        model = inference_model(args.model, args.weights, device=settings.device,
+                                precision=settings.precision)
+        if model.weights.random:
+            _warn(random_weights_warning())
+        for path in todo:
+            try:
+                result = embed_slide(path, model, args.out, settings, fmt=args.format,
+                                     overwrite=args.overwrite, progress=not args.no_progress)
+            except errors as err:
+                if len(args.slides) == 1:
+                    raise
+                failed[path] = str(err)
+                _warn(f"xmag embed: {path}: error: {err}")
+                continue
+            print(result.summary())
+            skipped += result.skipped
+    if len(args.slides) > 1:
+        embedded = len(args.slides) - len(failed) - skipped
+        print(f"{embedded} embedded, {skipped} already done, {len(failed)} failed"
+              + "".join(f"\n  failed: {path}: {reason}" for path, reason in failed.items()))
+    return 1 if failed else 0
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -490,6 +558,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     roi = parse_roi(args.roi)  # a malformed ROI fails before any model is built
     check_comparison_folder(args.out, args.overwrite)  # so does an output that is not ours
+    with _open(args.slide, args.mpp_override) as slide:  # and a slide that cannot be compared
+        slide.require_mpp("its 5x and 20x fields of view cannot be cut")
+        slide.check_readable()
     student = create_model(args.student, weights=args.student_weights)
     teacher = create_model(args.teacher, weights=args.teacher_weights)
     for side, model in (("student", student), ("teacher", teacher)):

@@ -93,7 +93,7 @@ def default_out_dir() -> Path:
 def load_model(name: str, tiny: bool = False) -> tuple[Any, str | None]:
     """``create_model(name)`` with its real weights, else random ones: (model, why random or None)."""
     from .models import WeightsError, create_model  # torch: only once the demo runs
-    from .models.factory import MODELS_ENV, tiny_random_models  # torch, as above
+    from .models.plan import MODELS_ENV, tiny_random_models
 
     try:
         model = create_model(name, tiny=tiny)

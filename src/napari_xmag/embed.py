@@ -42,7 +42,7 @@ from .features import (
     settings_differ,
     write_features,
 )
-from .models.precision import check_precision, prepare_model, resolve_device
+from .models.precision import check_precision, inference_precision, prepare_model, resolve_device
 from .provenance import model_identity
 from .slide import Slide, SlideError, parse_mpp
 from .tiling import check_patch_fits, patch_grid, require_patches, tissue_mask
@@ -53,6 +53,8 @@ __all__ = [
     "EmbedCancelled",
     "EmbedSettings",
     "SlideEmbedding",
+    "already_done",
+    "check_slide",
     "default_batch_size",
     "embed_patches",
     "embed_slide",
@@ -79,7 +81,7 @@ class EmbedSettings:
     batch_size: int | None = None  # None: by device, see default_batch_size
     workers: int = 2
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # this device's fastest faithful precision (models/cpu_precision.py)
     tokens: bool = False  # also keep the patch-token grids (zarr only)
 
     def __post_init__(self) -> None:
@@ -186,7 +188,7 @@ def embed_patches(
     total: int,
     *,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     tokens: bool = False,
     progress: bool | Callable[[int, int], None] = True,
     cancel: threading.Event | None = None,
@@ -256,10 +258,10 @@ def embed_slide(
     remove_stale_parts(output)  # what a killed run left, even when the file is finished and skipped
     start = time.perf_counter()
     with Slide(slide_path, mpp=settings.mpp_override) as slide:
-        slide.require_mpp(f"{settings.mpp:g} µm/px patches cannot be cut")
-        slide.check_readable()
-        check_patch_fits(slide, settings.mpp, settings.patch_size, settings.tissue_threshold)
-        run_attrs = run_attributes(slide, model, settings)
+        _check_slide(slide, settings)
+        identity = model_identity(model)
+        run_attrs = run_attributes(slide, identity, settings,
+                                   resolved_precision(settings, identity["weights_random"]))
         done = finished_patches(output, run_attrs, overwrite)
         if done is not None:
             return SlideEmbedding(slide_path, output, done, 0.0, skipped=True)
@@ -294,6 +296,52 @@ def embed_slide(
             raise
         raise clear from err
     return SlideEmbedding(slide_path, output, len(grid), seconds)
+
+
+def check_slide(slide_path: str | os.PathLike[str], settings: EmbedSettings | None = None) -> None:
+    """What :func:`embed_slide` checks before any work, alone and without a model: the file is a
+    slide OpenSlide reads, has an mpp (or an override), has a readable tile and holds one patch.
+    Raises :class:`~napari_xmag.slide.SlideError` (and kin) naming the file; ~50 ms."""
+    settings = settings or EmbedSettings()
+    with Slide(slide_path, mpp=settings.mpp_override) as slide:
+        _check_slide(slide, settings)
+
+
+def _check_slide(slide: Slide, settings: EmbedSettings) -> None:
+    slide.require_mpp(f"{settings.mpp:g} µm/px patches cannot be cut")
+    slide.check_readable()
+    check_patch_fits(slide, settings.mpp, settings.patch_size, settings.tissue_threshold)
+
+
+def already_done(
+    slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], identity: dict[str, Any],
+    settings: EmbedSettings | None = None, *, fmt: str = "h5",
+) -> SlideEmbedding | None:
+    """The finished run of this slide at ``out_dir`` when it was made by the model ``identity``
+    names (:func:`~napari_xmag.models.plan.planned_identity`) with these settings, else None:
+    so that a rerun skips it before building the model. Without torch: ``auto`` matches a file
+    made with ``auto``; any other doubt (another precision, settings, slide) is None, and
+    :func:`embed_slide` then decides, with its errors."""
+    settings = settings or EmbedSettings()
+    slide_path = Path(slide_path)
+    output = feature_path(out_dir, slide_path, fmt)
+    try:
+        if not is_features_file(output):
+            return None
+        header = read_header(output)
+        with Slide(slide_path, mpp=settings.mpp_override) as slide:
+            run_attrs = run_attributes(slide, identity, settings, settings.precision)
+    except (OSError, ValueError, SlideError):
+        return None
+    existing = header.attrs
+    if _other_slide(existing, run_attrs):
+        return None
+    keys = _settings_keys(run_attrs)
+    if settings.precision in (existing.get("precision_requested"), existing.get("precision")):
+        keys.pop("precision")
+    if settings_differ(existing, keys):
+        return None
+    return SlideEmbedding(slide_path, output, len(header.coords), 0.0, skipped=True)
 
 
 def finished_patches(output: Path, run_attrs: dict[str, Any], overwrite: bool = False) -> int | None:
@@ -364,7 +412,7 @@ def _check_space(output: Path, patches: int, model: Any, tokens: bool) -> None:
 
 
 _SETTING_KEYS = (
-    "model", "weights_source", "weights_sha256", "weights_random", "mpp", "patch_size", "stride",
+    "model", "tiny", "weights_source", "weights_sha256", "weights_random", "mpp", "patch_size", "stride",
     "tissue_threshold", "mpp_override", "precision", "format_tokens",
 )
 
@@ -373,14 +421,15 @@ def _settings_keys(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: attrs[k] for k in _SETTING_KEYS if k in attrs}
 
 
-def run_attributes(slide: Slide, model: Any, settings: EmbedSettings) -> dict[str, Any]:
+def run_attributes(slide: Slide, identity: dict[str, Any], settings: EmbedSettings, precision: str
+                   ) -> dict[str, Any]:
     """What a features file records of the run (also how a rerun recognises it): the model's
-    identity (:func:`~napari_xmag.provenance.model_identity`, overrides as JSON), the slide's,
-    and the settings."""
-    who = model_identity(model)
+    ``identity`` (:func:`~napari_xmag.provenance.model_identity`, overrides as JSON), the slide's,
+    the settings, and the ``precision`` they resolved to."""
+    who = dict(identity)
     return {
         **who,
-        "overrides": json.dumps(who["overrides"], sort_keys=True),
+        "overrides": json.dumps(who.get("overrides") or {}, sort_keys=True),
         "slide_path": str(slide.path),
         "slide_size": slide.file_size,
         "slide_fingerprint": slide.fingerprint,
@@ -391,10 +440,18 @@ def run_attributes(slide: Slide, model: Any, settings: EmbedSettings) -> dict[st
         "stride": settings.stride or settings.patch_size,
         "tissue_threshold": settings.tissue_threshold,
         "mpp_override": settings.mpp_override,
-        "precision": settings.precision,
+        "precision": precision,
+        "precision_requested": settings.precision,
         "format_tokens": settings.tokens,
         "xmag_version": __version__,
     }
+
+
+def resolved_precision(settings: EmbedSettings, random_weights: bool = False) -> str:
+    """What ``settings.precision`` means on ``settings.device`` here (``auto``: measured once per
+    machine; fp32 for random weights): recorded in the outputs and compared on reruns, so
+    ``auto`` and the precision it picked are the same run."""
+    return inference_precision(settings.precision, resolve_device(settings.device), random_weights)
 
 
 def coords_attributes(slide: Slide, grid: Any) -> dict[str, Any]:

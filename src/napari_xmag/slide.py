@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import openslide
 from PIL import Image
@@ -491,6 +490,8 @@ class Slide:
     @functools.cached_property
     def pyramid(self) -> list[Any]:
         """One lazy dask array per level, chunked on the native tile grid."""
+        import dask.array as da  # here: opening a slide (xmag info, embed's checks) needs no dask
+
         arrays = []
         for level in range(self.level_count):
             source = self.level_array(level)

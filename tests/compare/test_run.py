@@ -146,7 +146,7 @@ def test_cli_compare(tmp_path, capsys, monkeypatch) -> None:
     out = tmp_path / "cmp"
     base = ["compare", str(CMU1.path), "--student", "xmag", "--teacher", "uni2-h",
             "--student-weights", "random", "--teacher-weights", "random",
-            "--device", "cpu", "--no-progress"]
+            "--device", "cpu", "--precision", "fp32", "--no-progress"]
     assert main([*base, "--roi", "898,898,898,1796", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "RANDOM WEIGHTS (student)" in captured.err and "RANDOM WEIGHTS (teacher)" in captured.err

@@ -61,3 +61,35 @@ def test_offline_hub_uses_files_put_in_the_cache(offline_hub):
     x = tiny_reference_inputs()
     with torch.no_grad():
         torch.testing.assert_close(model.embed(x), dinov2_reference_cls(sd, x, num_heads=TINY["num_heads"]))
+
+
+def test_no_network_is_said_at_once(tmp_path, monkeypatch):
+    """A hub that does not answer (here a closed port) is asked once, for 2 s at most; then the
+    cache only, no retries: the offline message comes in well under 3 s."""
+    import time
+
+    from napari_xmag.models import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(hub.hf_constants, "ENDPOINT", "http://127.0.0.1:9")  # discard: nobody listens
+    hub.hub_reachable.cache_clear()
+    asked = []
+    real = hub.hf_hub_download
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["local_files_only"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hub, "hf_hub_download", spy)
+    start = time.monotonic()
+    try:
+        with pytest.raises(WeightsError, match=r"no network: http://127.0.0.1:9 could not be reached"):
+            create_model("virchow2", tiny=True)
+        assert time.monotonic() - start < 3.0
+        assert asked and all(asked)  # the cache only, never the network
+        assert hub.hub_reachable() is False
+    finally:
+        hub.hub_reachable.cache_clear()

@@ -27,6 +27,7 @@ import numpy as np
 from .. import __version__
 from ..embed import embed_patches, iter_patch_batches
 from ..maps import kmeans_labels
+from ..models.precision import inference_precision, resolve_device
 from ..provenance import model_identity
 from ..slide import MAGNIFICATION_MPP, Slide, SlideError
 from ..tiling import NoTissueError, slide_pairs
@@ -122,7 +123,7 @@ def compare_slide(
     batch_size: int = 32,
     workers: int = 2,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     seed: int = 0,
     progress: bool | Callable[[int, int], None] = True,
     cancel: threading.Event | None = None,
@@ -250,7 +251,10 @@ def compare_slide(
         },
         "speedup": finite(teacher_total / student_total) if student_total > 0 else None,
         "device": _device_name(device),
-        "precision": precision,
+        "precision": inference_precision(precision, resolve_device(device), bool(student.weights.random)),
+        "precision_teacher": inference_precision(precision, resolve_device(device),
+                                                 bool(teacher.weights.random)),
+        "precision_requested": precision,
         "batch_size": batch_size,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "xmag_version": __version__,

@@ -28,13 +28,13 @@ from .folder import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from .heads import build_heads
 from .hub import HUB_PREFIX, download_from_hub
 from .model import XmagModel
+from .plan import is_local, is_registered, tiny_random_models
 from .precision import prepare_model, resolve_device
 from .registry import ModelSpec, UnknownModelError, find_spec_by_hf_id, get_spec, list_models
 from .weights import WeightsInfo, resolve_weights
 
 __all__ = [
     "ARCH_OVERRIDE_KEYS",
-    "MODELS_ENV",
     "RANDOM_SEED",
     "build_backbone",
     "check_overrides",
@@ -43,7 +43,6 @@ __all__ = [
     "format_param_count",
     "head_dims",
     "inference_model",
-    "tiny_random_models",
 ]
 
 #: Layer names usable in ``arch_kwargs`` (data-only specs) -> the classes passed to timm.
@@ -68,8 +67,6 @@ ARCH_OVERRIDE_KEYS = frozenset({
 
 
 RANDOM_SEED = 0  # random weights are a fixed draw: the same model in every run
-#: ``XMAG_MODELS=tiny-random``: tiny random models for every registered name (create_model).
-MODELS_ENV = "XMAG_MODELS"
 
 def _layer(value: Any) -> Any:
     if not isinstance(value, str):
@@ -243,9 +240,9 @@ def create_model(
     such: the documented way to try any command (the docs' examples, the tests) without weights.
     """
     overrides = check_overrides(overrides)
-    if tiny_random_models() and not _is_local(name_or_path):
+    if tiny_random_models() and not is_local(name_or_path):
         tiny = True
-        if not _is_local(weights):
+        if not is_local(weights):
             weights = "random"
     default_weights: Path | None = None
     config: dict[str, Any] = {}
@@ -272,7 +269,7 @@ def create_model(
                 weights = str(
                     download_from_hub(repo_id, (config.get("weights_file", WEIGHTS_NAME),), any_weights=False)
                 )
-    elif isinstance(name_or_path, str) and _is_registered(name_or_path):
+    elif isinstance(name_or_path, str) and is_registered(name_or_path):
         spec = get_spec(name_or_path)
     elif Path(ref).expanduser().exists():
         spec, config, default_weights, preloaded = _local_reference(Path(ref).expanduser())
@@ -326,26 +323,6 @@ def create_model(
     return model.to(target_device).eval()
 
 
-def tiny_random_models() -> bool:
-    """Whether ``XMAG_MODELS=tiny-random`` asks for tiny random models (see :func:`create_model`)."""
-    return os.environ.get(MODELS_ENV, "").strip().lower() == "tiny-random"
-
-
-def _is_local(ref: Any) -> bool:
-    named = isinstance(ref, str) and (ref in ("auto", "random") or ref.startswith(HUB_PREFIX))
-    if named or (isinstance(ref, str) and _is_registered(ref)):
-        return False
-    return Path(os.fspath(ref)).expanduser().exists()
-
-
-def _is_registered(name: str) -> bool:
-    try:
-        get_spec(name)
-    except UnknownModelError:
-        return False
-    return True
-
-
 def _new_heads(spec: ModelSpec, tiny: bool, backbone: nn.Module) -> nn.ModuleDict:
     vit: Any = backbone  # a timm VisionTransformer: its attributes are not typed
     in_dim, out_dim = head_dims(spec, tiny=tiny, width=int(vit.embed_dim))
@@ -365,7 +342,7 @@ def _load_into(backbone: nn.Module, state_dict: dict[str, torch.Tensor], source:
 
 
 def inference_model(
-    name_or_path: Any, weights: Any = "auto", *, device: str = "auto", precision: str = "fp32", **kwargs: Any
+    name_or_path: Any, weights: Any = "auto", *, device: str = "auto", precision: str = "auto", **kwargs: Any
 ) -> Any:
     """``create_model`` then :func:`prepare_model`, keeping only the converted model: the fp32
     weights are let go at once (-340 MB for an int8 ViT-B). What ``xmag embed`` and every batch

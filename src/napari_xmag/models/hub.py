@@ -7,9 +7,12 @@ put the file. Only weight files are fetched: no ``trust_remote_code``, no code o
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub import constants as hf_constants
@@ -28,6 +31,27 @@ __all__ = ["HUB_PREFIX", "download_from_hub"]
 HUB_PREFIX = "hf-hub:"
 
 
+
+
+#: Seconds to wait for a TCP connection to the hub before calling it unreachable: without this,
+#: huggingface_hub's retries made an offline ``xmag embed`` wait 23-25 s for its message.
+CONNECT_TIMEOUT_S = 2.0
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the hub's host answers a TCP connection within :data:`CONNECT_TIMEOUT_S`;
+    asked once per process. Behind a proxy (``HTTPS_PROXY``) the answer is left to the proxy."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = str(getattr(hf_constants, "ENDPOINT", "https://huggingface.co"))
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
 
 
 def _env_true(name: str) -> bool:
@@ -83,7 +107,7 @@ def download_from_hub(
     cache_shown = cache_dir or str(getattr(hf_constants, "HF_HUB_CACHE", "~/.cache/huggingface/hub"))
     token = os.environ.get("HF_TOKEN") or None
     where = f"hf-hub:{repo_id}" + (f" (model {model!r})" if model else "")
-    unreachable = False
+    unreachable = not offline and not hub_reachable()  # then the cache only: an answer at once
     missing_remote: list[str] = []
 
     def fail(reason: str, exc: BaseException | None = None) -> WeightsError:
@@ -155,7 +179,8 @@ def download_from_hub(
     if offline:
         raise fail("offline mode is on (HF_HUB_OFFLINE=1) and the files are not in the local cache")
     if unreachable:
-        raise fail("the hub could not be reached and the files are not in the local cache")
+        raise fail(f"no network: {getattr(hf_constants, 'ENDPOINT', 'the hub')} could not be reached and the"
+                   " files are not in the local cache")
     if len(listed) > 1:
         raise fail(
             f"the repository has several weight files ({', '.join(listed)}) and none of the usual names"

@@ -7,8 +7,10 @@ word that does not apply, saying what to use instead):
 ==========  ===================================  =====================================
 precision   inference (embed, compare, maps)     training (distill, finetune)
 ==========  ===================================  =====================================
-``auto``    autocast bf16 (fp16 without bf16)    autocast bf16 (fp16 + GradScaler
-            on a GPU; fp32 on a CPU              without bf16) on a GPU; fp32 on a CPU
+``auto``    GPU: autocast bf16 (fp16 without     GPU: autocast bf16 (fp16 + GradScaler
+            bf16). CPU: this CPU's fastest of    without bf16). CPU: autocast bf16 where
+            bf16 / int8 / fp32, measured once    auto picks bf16 for inference, else
+            (:mod:`.cpu_precision`)              fp32
 ``fp32``    full precision                       full precision
 ``bf16``    CPU: weights cast to bf16; GPU:      autocast bf16
             autocast bf16
@@ -16,6 +18,11 @@ precision   inference (embed, compare, maps)     training (distill, finetune)
 ``int8``    CPU only: dynamic quantisation of    refused (inference only)
             the Linear layers
 ==========  ===================================  =====================================
+
+``auto`` is the default of every command and widget. What it resolved to is recorded in every
+output (``precision``, beside ``precision_requested``). Random weights run ``auto`` at fp32: they
+are for trying the plumbing, and DINOv2's initial layer scale (1e-5) puts each block's output
+below bf16's resolution, so every patch would get the same class token.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = [
     "PRECISIONS",
     "check_precision",
+    "convert_for_cpu",
+    "inference_precision",
     "prepare_model",
     "resolve_device",
     "training_autocast",
@@ -81,7 +90,10 @@ def check_precision(precision: str, use: str, device: torch.device | None = None
     accelerator = device.type != "cpu"
     if precision == "auto":
         if not accelerator:
-            return "fp32"
+            from .cpu_precision import auto_cpu_precision
+
+            chosen = auto_cpu_precision()
+            return chosen if use == "inference" or chosen == "bf16" else "fp32"
         import torch  # only with a device, which means torch is in use already
 
         bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()
@@ -91,6 +103,15 @@ def check_precision(precision: str, use: str, device: torch.device | None = None
     if precision == "int8" and accelerator:
         raise ValueError("int8 (dynamic quantisation) runs on the CPU only; on a GPU use auto or bf16")
     return precision
+
+
+def inference_precision(precision: str, device: torch.device, random_weights: bool = False) -> str:
+    """What ``precision`` means for running a model on ``device``: :func:`check_precision`, with
+    ``auto`` at fp32 for random weights (see the module doc)."""
+    if precision == "auto" and random_weights:
+        check_precision(precision, "inference")
+        return "fp32"
+    return check_precision(precision, "inference", device)
 
 
 def training_autocast(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -117,7 +138,8 @@ def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> 
     import torch  # see resolve_device
 
     dev = resolve_device(device)
-    precision = check_precision(precision, "inference", dev)
+    random_weights = bool(getattr(getattr(model, "weights", None), "random", False))
+    precision = inference_precision(precision, dev, random_weights)
     model = model.eval().to(dev)
     if precision == "fp32" or getattr(model, "xmag_precision", None) == precision:
         return model, dev, None
@@ -128,14 +150,24 @@ def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> 
     key = (precision, sum(p._version for p in model.parameters()))
     cached = _PREPARED.get(model)
     if cached is None or cached[0] != key:
-        if precision == "int8":
-            lean = _copy_sharing(model)
-            torch.ao.quantization.quantize_dynamic(lean, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        else:
-            lean = _copy_sharing(model, torch.bfloat16)
+        lean = convert_for_cpu(model, precision)
         lean.xmag_precision = precision  # prepare_model(lean, same precision) returns it as is
         cached = _PREPARED[model] = (key, lean)
     return cached[1], dev, None
+
+
+def convert_for_cpu(module: Any, precision: str) -> Any:
+    """A CPU copy of ``module`` at ``precision`` sharing what it does not convert: bf16 casts
+    the weights (oneDNN/AMX kernels), int8 quantises the Linear layers dynamically."""
+    import torch  # see resolve_device
+
+    if precision == "int8":
+        lean = _copy_sharing(module)
+        torch.ao.quantization.quantize_dynamic(lean, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        return lean
+    if precision == "bf16":
+        return _copy_sharing(module, torch.bfloat16)
+    return module
 
 
 # model -> ((precision, weights version), converted copy); goes with the model
