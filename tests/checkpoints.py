@@ -144,3 +144,22 @@ def prefixed(sd, prefix):
 
 def tiny_reference_inputs(seed=0):
     return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+
+
+def lightning_checkpoint(path):
+    """The official XMAG trainer's ``.ckpt`` layout (PyTorch Lightning), tiny: two students (the
+    trained ``student.model.*`` and its EMA ``student_ema.model.*``), the teacher and the heads
+    one level down (``student_*_head.projector.*``). Returns (student, ema, heads) state dicts."""
+    from napari_xmag.models.factory import head_dims
+
+    student = dinov2_state_dict(TINY["depth"], TINY["embed_dim"], seed=1)
+    ema = dinov2_state_dict(TINY["depth"], TINY["embed_dim"], seed=2)
+    teacher = dinov2_state_dict(TINY["depth"], TINY["embed_dim"], seed=3)
+    in_dim, out_dim = head_dims(XMAG, tiny=True)
+    heads = heads_state_dict(in_dim, out_dim, names=("student_global_head.projector",
+                                                     "student_local_head.projector"), seed=4)
+    state = {**prefixed(student, "student.model."), **prefixed(ema, "student_ema.model."),
+             **prefixed(teacher, "teacher.model."), **heads}
+    torch.save({"state_dict": state, "epoch": 9, "global_step": 1200,
+                "pytorch-lightning_version": "2.4.0", "optimizer_states": [], "lr_schedulers": []}, path)
+    return student, ema, heads

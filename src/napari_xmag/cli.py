@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_info, _add_sample, _add_embed, _add_batch, _add_compare, _add_eval, _add_finetune,
-                _add_distill, _add_maps, _add_demo):
+    for add in (_add_info, _add_sample, _add_models, _add_embed, _add_batch, _add_compare, _add_eval,
+                _add_finetune, _add_distill, _add_maps, _add_demo):
         add(sub)
     return parser
 
@@ -99,6 +99,20 @@ def _add_sample(sub: Any) -> None:
     p = sub.add_parser("sample", help="write the procedural sample slide and print its path")
     p.add_argument("--out", type=Path, default=None, help="folder (default: the user cache)")
     p.set_defaults(func=_cmd_sample)
+
+
+def _add_models(sub: Any) -> None:
+    p = sub.add_parser(
+        "models", help="list the model zoo, or say what a weights file or folder is (--inspect)",
+        description="Without arguments: every registered model (role, architecture, parameters, embedding,"
+        " native µm/px, licence, gated, where its weights are looked for and whether they are in the local"
+        " Hugging Face cache). With --inspect PATH: what a checkpoint or folder is, the backbones and heads"
+        " in it, and which registered model it fits, i.e. how --model/--weights would load it. Nothing in"
+        " the file is run.",
+    )
+    p.add_argument("--inspect", type=Path, default=None, metavar="PATH", help="a weights file or folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_models)
 
 
 def _embed_options(p: argparse.ArgumentParser) -> None:
@@ -447,6 +461,48 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    if args.inspect is not None:
+        from ._paths import InputFileError, file_problem
+        from .models.listing import inspect_weights  # torch: the file's tensors are read
+
+        problem = file_problem(args.inspect, folder=True)
+        if problem:
+            raise InputFileError(f"{args.inspect}: {problem}")
+        report = inspect_weights(args.inspect)
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return 0
+        print(f"{report['path']}: {report['kind']}")
+        print(f"  weights: {report['weights_file']}")
+        for d in report["tensor_dicts"]:
+            print(f"  tensors: {d['tensors']} in {d['where']}")
+        print(f"  backbone prefixes: {', '.join(report['backbone_prefixes']) or 'none'}")
+        print(f"  head prefixes: {', '.join(report['head_prefixes']) or 'none'}")
+        for fit in report["fits"]:
+            tiny = " (tiny configuration)" if fit["tiny"] else ""
+            notes = f"; {'; '.join(fit['notes'])}" if fit["notes"] else ""
+            print(f"  fits {fit['model']}{tiny}: {fit['location']}{notes}")
+        if report.get("load_with"):
+            print(f"  load with: {report['load_with']}")
+        else:
+            print(f"  fits no registered model; closest: {report.get('closest')}")
+            print(f"  first keys: {', '.join(report.get('first_keys', []))}")
+        return 0
+    from .models.listing import zoo_table
+
+    rows = zoo_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ("name", "role", "params", "embedding", "native_mpp", "gated", "licence", "weights", "local")
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols[:-1]}
+    print("  ".join(f"{c:{widths[c]}}" for c in cols[:-1]) + "  local")
+    for r in rows:
+        print("  ".join(f"{r[c]!s:{widths[c]}}" for c in cols[:-1]) + f"  {r['local']}")
+    return 0
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
     """Check every slide first (no torch, no model: a bad path fails in a fraction of a second),
     skip the finished ones, build the model only for what is left; a slide that fails is said
@@ -525,10 +581,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     from .batch import run_batch  # on demand: --help needs no torch
+    from .models.plan import declared_random
     from .provenance import random_weights_warning
 
     settings = _embed_settings(args)
-    if args.weights == "random":
+    if declared_random(args.model, args.weights):
         _warn(random_weights_warning())
     done = [0]
 
@@ -634,6 +691,12 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         config = TrainConfig(**options)
     else:
         raise ValueError("give SLIDES and --out (or a --config that names them)")
+    from .models.plan import declared_random
+    from .provenance import random_weights_warning
+
+    for side in ("teacher", "student"):
+        if declared_random(getattr(config, side), getattr(config, f"{side}_weights")):
+            _warn(random_weights_warning("the distilled student and everything embedded with it", side))
     result = train(config, resume=args.resume, overwrite=args.overwrite)
     if result.rank != 0:  # the other ranks of a torchrun launch stay quiet
         return 0

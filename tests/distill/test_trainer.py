@@ -20,6 +20,7 @@ from napari_xmag.distill import (
     train,
 )
 from napari_xmag.embed import EmbedSettings, embed_slide
+from napari_xmag.features import read_features
 from napari_xmag.models import create_model
 from tiny_training import tiny_config
 
@@ -53,6 +54,8 @@ def test_export_loads_by_path_with_identical_embeddings(learned, tmp_path) -> No
     assert (export / "model.safetensors").exists() and (export / "distillation.json").exists()
     loaded = create_model(export)
     assert loaded.heads is not None and loaded.weights.heads == "checkpoint"
+    # distilled from a random teacher: the student learned noise, and says so wherever it goes
+    assert loaded.weights.random is True
     ema = result.ema.eval()
     batch = np.random.default_rng(0).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
     with torch.inference_mode():
@@ -72,6 +75,7 @@ def test_export_loads_by_path_with_identical_embeddings(learned, tmp_path) -> No
     assert len(features[0]) == in_memory.patches > 0
     np.testing.assert_array_equal(features[0], features[1])
     np.testing.assert_array_equal(features[0], features[2])
+    assert read_features(from_folder.output).attrs["weights_random"] is True
 
 
 # ---- resume -------------------------------------------------------------------------------------

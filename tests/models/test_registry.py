@@ -49,8 +49,12 @@ def test_full_size_config_on_meta_device(name):
 
 
 def test_registry_values():
-    assert ALL[0] == "xmag" and set(ALL) == {"xmag", "uni2-h", "uni", "virchow2", "h-optimus-0"}
+    assert ALL[0] == "xmag" and set(ALL) == {"xmag", "uni2-h", "uni", "virchow2", "h-optimus-0", "h0-mini",
+                                             "phikon-v2", "midnight-12k", "dinov2-vitb14"}
     dims = {n: get_spec(n).embed_dim for n in ALL}
-    assert dims == {"xmag": 768, "uni2-h": 1536, "uni": 1024, "virchow2": 2560, "h-optimus-0": 1536}
+    assert dims == {"xmag": 768, "uni2-h": 1536, "uni": 1024, "virchow2": 2560, "h-optimus-0": 1536,
+                    "h0-mini": 1536, "phikon-v2": 1024, "midnight-12k": 3072, "dinov2-vitb14": 768}
+    assert get_spec("midnight-12k").licence == "MIT" and get_spec("midnight-12k").commercial_use
+    assert get_spec("h0-mini").gated and get_spec("h0-mini").num_register_tokens == 4
     assert get_spec("H-Optimus-0").commercial_use and get_spec("h-optimus-0").licence == "Apache-2.0"
     assert get_spec("xmag").distilled_from == "uni2-h" and not get_spec("xmag").commercial_use

@@ -19,6 +19,7 @@ model is accepted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -524,6 +525,8 @@ def _export(ema: Any, teacher: Any, config: TrainConfig, out: Path, steps: int, 
         "heldout": metrics,
     }
     folder = out / EXPORT_NAME
+    # a student distilled from a random teacher (or from a random start) learned nothing real
+    ema.weights = dataclasses.replace(ema.weights, random=bool(ema.weights.random or teacher.weights.random))
     with atomic_path(folder, MODEL_FOLDER_KIND, overwrite=overwrite) as tmp:
         save_model(ema, tmp)
         _write_json(tmp / "distillation.json", how)

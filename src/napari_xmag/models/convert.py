@@ -42,10 +42,38 @@ NESTED_KEYS: tuple[str, ...] = (
 )
 #: Names of the distillation heads in checkpoints -> our head names.
 HEAD_ALIASES: Mapping[str, tuple[str, ...]] = {
-    "global": ("heads.global", "head_global", "global_head", "head_g", "g_head"),
-    "local": ("heads.local", "head_local", "local_head", "head_l", "l_head"),
+    # the official trainer (PyTorch Lightning): student_global_head.projector.{0,1,3}.*
+    "global": ("heads.global", "student_global_head.projector", "global_head.projector", "head_global",
+               "global_head", "head_g", "g_head"),
+    "local": ("heads.local", "student_local_head.projector", "local_head.projector", "head_local",
+              "local_head", "head_l", "l_head"),
 }
+#: Which student a training checkpoint gives when it holds both (``student_ema.model.*`` and
+#: ``student.model.*``, as the official XMAG trainer writes): the EMA, which is what XMAG releases.
+STUDENT_VARIANTS = ("ema", "student")
 _ANCHOR = "patch_embed.proj.weight"
+#: Hugging Face ``transformers`` Dinov2Model names (Phikon-v2, Midnight, facebook/dinov2-*, the
+#: AutoModel folders of custom-code repositories): translated to timm's before matching.
+_HF_ANCHOR = "embeddings.patch_embeddings.projection.weight"
+_HF_RENAMES = (
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.register_tokens$", "reg_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.(?:output\.dense|o_proj)\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.layer_scale(\d)\.lambda1$", r"blocks.\1.ls\2.gamma"),
+    (r"^encoder\.layer\.(\d+)\.mlp\.(?:fc1|weights_in)\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.mlp\.(?:fc2|weights_out|down_proj)\.", r"blocks.\1.mlp.fc2."),
+    (r"^encoder\.layer\.(\d+)\.(norm[12])\.", r"blocks.\1.\2."),
+    (r"^layernorm\.", "norm."),
+)
+# transformers 4 names (attention.attention.query, ...) and 5 (attention.q_proj, ...): both in use
+_HF_QKV_RE = re.compile(
+    r"^encoder\.layer\.(\d+)\.attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$"
+)
+_HF_QKV_PART = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
+# transformers 5 splits the packed SwiGLU input: gate (the SiLU half, first) and up
+_HF_GLU_RE = re.compile(r"^encoder\.layer\.(\d+)\.mlp\.(gate_proj|up_proj)\.(weight|bias)$")
 _DINOV2_OFFSET = 0.1  # DINOv2's interpolate_offset
 _MAX_LISTED = 5
 _HEAD_RE = re.compile(
@@ -147,9 +175,60 @@ def _tensor_dicts(obj: Any, label: str = "", depth: int = 0) -> Iterator[tuple[s
             )
 
 
-def _backbone_prefixes(keys: Sequence[str]) -> list[str]:
+def _from_hf_dinov2(flat: Mapping[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:
+    """``transformers`` Dinov2Model names -> timm's, under any wrapper prefix: query, key and
+    value concatenated into ``qkv``, layer scales to ``ls*.gamma``, SwiGLU ``weights_in/out`` to
+    ``fc1/fc2`` (the same packed order: ``silu(x1) * x2``); ``mask_token`` dropped. Keys that are
+    not a Dinov2Model's are kept as they are (heads, a teacher)."""
+    prefixes = {k[: -len(_HF_ANCHOR)] for k in flat if k == _HF_ANCHOR or k.endswith("." + _HF_ANCHOR)}
+    if not prefixes:
+        return dict(flat)
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
+    glu: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        pre = next((p for p in sorted(prefixes, key=len, reverse=True) if key.startswith(p)), None)
+        if pre is None:
+            out[key] = value
+            continue
+        rest = key[len(pre):]
+        match = _HF_QKV_RE.match(rest)
+        if match:
+            qkv.setdefault((pre, match[1], match[3]), {})[_HF_QKV_PART.get(match[2], match[2])] = value
+            continue
+        match = _HF_GLU_RE.match(rest)
+        if match:
+            glu.setdefault((pre, match[1], match[3]), {})[match[2]] = value
+            continue
+        if rest == "embeddings.mask_token":
+            continue
+        for pattern, replacement in _HF_RENAMES:
+            renamed, n = re.subn(pattern, replacement, rest)
+            if n:
+                rest = renamed
+                break
+        out[pre + rest] = value
+    for (pre, layer, kind), parts in qkv.items():
+        if set(parts) == {"query", "key", "value"}:
+            joined = torch.cat([parts["query"], parts["key"], parts["value"]])
+            out[f"{pre}blocks.{layer}.attn.qkv.{kind}"] = joined
+    for (pre, layer, kind), parts in glu.items():
+        if set(parts) == {"gate_proj", "up_proj"}:
+            out[f"{pre}blocks.{layer}.mlp.fc1.{kind}"] = torch.cat([parts["gate_proj"], parts["up_proj"]])
+    notes.append("translated transformers Dinov2Model names (query/key/value -> qkv)")
+    return out
+
+
+def _backbone_prefixes(keys: Sequence[str], variant: str = "ema") -> list[str]:
+    """Wrapper prefixes before a backbone's keys: a student before the teacher, the EMA student
+    first (``variant="student"``: the trained one first), then the shortest."""
     found = {k[: -len(_ANCHOR)] for k in keys if k == _ANCHOR or k.endswith("." + _ANCHOR)}
-    return sorted(found, key=lambda p: ("teacher" in p, len(p), p))
+
+    def rank(prefix: str) -> tuple[bool, bool, int, str]:
+        ema = "ema" in prefix.lower()
+        return ("teacher" in prefix, ema == (variant != "ema"), len(prefix), prefix)
+
+    return sorted(found, key=rank)
 
 
 def _split_heads(flat: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -218,6 +297,7 @@ def convert_checkpoint(
     *,
     source: str = "the checkpoint",
     heads: nn.Module | None = None,
+    variant: str = "ema",
 ) -> ConvertedCheckpoint:
     """Map a loaded checkpoint onto ``backbone`` (and ``heads``), checking every key and shape.
 
@@ -226,21 +306,28 @@ def convert_checkpoint(
     backbone that fits exactly. For a ``dinov2`` spec the DINOv2 names are translated and a
     ``pos_embed`` of another size is resampled with :func:`dinov2_interpolate_pos_embed`.
     Head keys (:data:`HEAD_ALIASES`) are returned when ``heads`` is given and present.
+    ``variant``: of a training checkpoint's two students, the EMA one (default) or the trained
+    ``"student"``; the one taken is named in :attr:`ConvertedCheckpoint.location`.
     Raises :class:`WeightsError` naming the closest candidate's offending keys.
     """
+    if variant not in STUDENT_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(STUDENT_VARIANTS)}, not {variant!r}")
     target = backbone.state_dict()
     head_target = heads.state_dict() if heads is not None else None
     attempts: list[_Mismatch] = []
-    for label, flat in _tensor_dicts(checkpoint):
+    for label, found in _tensor_dicts(checkpoint):
+        hf_notes: list[str] = []
+        flat = _from_hf_dinov2(found, hf_notes)
         head_groups = _split_heads(flat)
         head_keys = {k for k in flat if _HEAD_RE.match(k)}
-        for prefix in _backbone_prefixes([k for k in flat if k not in head_keys]):
+        for prefix in _backbone_prefixes([k for k in flat if k not in head_keys], variant):
             where = f"{label}, prefix {prefix!r}" if prefix else label
             sub = {
                 k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix) and k not in head_keys
             }
-            notes: list[str] = []
-            sub = _dinov2_to_timm(sub, backbone, notes, resample=spec.checkpoint_format == "dinov2")
+            notes: list[str] = list(hf_notes)
+            resample = spec.checkpoint_format != "timm" or bool(hf_notes)  # DINOv2 rule, not timm's
+            sub = _dinov2_to_timm(sub, backbone, notes, resample=resample)
             mismatch = _compare(sub, target, where)
             if mismatch.size:
                 attempts.append(mismatch)

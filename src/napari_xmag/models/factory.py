@@ -167,6 +167,10 @@ def _identify(checkpoint: Any, source: str) -> ModelSpec:
             errors.append((getattr(exc, "mismatches", math.inf), str(exc)))
             continue
         fits.append(spec)
+    shapes = {(s.architecture, json.dumps(dict(s.arch_kwargs), sort_keys=True)) for s in fits}
+    if len(fits) > 1 and len(shapes) == 1:
+        # the same architecture twice (xmag and DINOv2 ViT-B/14): the first registered, the student
+        return fits[0]
     if len(fits) == 1:
         return fits[0]
     if not fits:
@@ -219,6 +223,7 @@ def create_model(
     device: str | torch.device = "cpu",
     heads: bool | None = None,
     overrides: Mapping[str, Any] | None = None,
+    variant: str = "ema",
 ) -> XmagModel:
     """Build a model in eval mode and load its weights.
 
@@ -233,7 +238,10 @@ def create_model(
 
     ``heads``: ``None`` loads distillation heads when the checkpoint has them; ``True``
     always gives a distilled student heads (fresh ones if the checkpoint has none);
-    ``False`` never. ``tiny`` builds the spec's small test configuration.
+    ``False`` never. ``tiny`` builds the spec's small test configuration. ``variant``: of a
+    training checkpoint holding two students (the official trainer's ``student_ema.model.*``
+    and ``student.model.*``), the EMA one (default: what XMAG releases) or ``"student"``;
+    ``model.weights.location`` says which was taken.
 
     With ``XMAG_MODELS=tiny-random`` in the environment (:data:`MODELS_ENV`), every model not
     given as a local path is built in its tiny configuration with random weights, recorded as
@@ -302,7 +310,8 @@ def create_model(
         head_modules = (
             _new_heads(spec, tiny, backbone) if heads is not False and spec.distilled_from else None
         )
-        converted = convert_checkpoint(checkpoint, backbone, spec, source=str(file), heads=head_modules)
+        converted = convert_checkpoint(checkpoint, backbone, spec, source=str(file), heads=head_modules,
+                                       variant=variant)
         _load_into(backbone, converted.backbone, str(file))
         heads_origin = None
         if head_modules is not None:
@@ -317,7 +326,13 @@ def create_model(
                 heads_origin = "random"
             else:
                 head_modules = None
-        info = WeightsInfo(source, sha256_file(file), False, path=str(file), heads=heads_origin)
+        # a folder that records random weights (saved from a random model, or distilled from a
+        # random teacher) stays random, though its weights now come from a file
+        derived_from = config.get("derived_from")
+        derived: dict[str, Any] = derived_from if isinstance(derived_from, dict) else {}
+        derived_random = bool(config.get("weights_random") or derived.get("random"))
+        info = WeightsInfo(source, sha256_file(file), derived_random, path=str(file), heads=heads_origin,
+                           location=converted.location)
 
     model = XmagModel(spec, backbone, weights=info, heads=head_modules, tiny=tiny, overrides=overrides)
     return model.to(target_device).eval()

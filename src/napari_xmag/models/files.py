@@ -30,6 +30,9 @@ __all__ = [
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 _PICKLE_SUFFIXES = frozenset(WEIGHT_SUFFIXES[1:])
 DIR_PREFERRED = ("model.safetensors", "pytorch_model.bin")
+#: Hugging Face's sharded checkpoints: an index naming, for every tensor, the shard that holds it.
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+MAX_INDEX_BYTES = 16 << 20
 
 
 class WeightsError(RuntimeError):
@@ -46,7 +49,36 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     modification time stay the same (a command hashes its weights to plan, then to build)."""
     p = Path(path).resolve()
     st = p.stat()
-    return _sha256(p, st.st_size, st.st_mtime_ns, chunk)
+    own = _sha256(p, st.st_size, st.st_mtime_ns, chunk)
+    if not p.name.endswith(".index.json"):
+        return own
+    digest = hashlib.sha256(own.encode())  # a sharded checkpoint: the index and every shard
+    for shard in _shards(p):
+        digest.update(sha256_file(shard, chunk).encode())
+    return digest.hexdigest()
+
+
+def _shards(index: Path) -> list[Path]:
+    """The shard files an index names, each in the index's own folder (never elsewhere)."""
+    import json
+
+    if index.stat().st_size > MAX_INDEX_BYTES:
+        raise WeightsError(f"{index}: {index.stat().st_size} bytes is too large for a shard index")
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsError(f"{index}: not a shard index (no weight_map): {first_line(exc)}") from None
+    shards = []
+    for name in names:
+        plain = isinstance(name, str) and Path(name).name == name
+        if not plain or Path(name).suffix.lower() not in WEIGHT_SUFFIXES:
+            raise WeightsError(f"{index}: names a shard {name!r} outside its folder or of another type")
+        shard = index.parent / name
+        if not shard.is_file():
+            raise WeightsError(f"{index}: its shard {name} is missing")
+        shards.append(shard)
+    return shards
 
 
 @functools.lru_cache(maxsize=64)
@@ -68,6 +100,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weight file not found: {path}")
+    if path.name.endswith(".index.json"):  # sharded: every shard by the same rules, merged
+        merged: dict[str, Any] = {}
+        for shard in _shards(path):
+            part = load_checkpoint(shard)
+            if not isinstance(part, dict):
+                raise WeightsError(f"{shard}: a shard is not a flat dict of tensors")
+            merged.update(part)
+        return merged
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
@@ -131,7 +171,7 @@ def find_weights_file(folder: str | os.PathLike[str]) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise WeightsError(f"not a directory: {folder}")
-    for name in DIR_PREFERRED:
+    for name in (*DIR_PREFERRED, *SHARD_INDEXES):
         if (folder / name).is_file():
             return folder / name
     for suffixes in ((".safetensors",), tuple(_PICKLE_SUFFIXES)):

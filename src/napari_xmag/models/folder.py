@@ -17,8 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from .. import __version__
 from .._atomic import OutputExistsError, OutputKind, atomic_path, read_small_json, write_json
 from .files import WeightsError, sha256_file
@@ -62,6 +60,8 @@ def save_model(model: Any, folder: str | os.PathLike[str], *, overwrite: bool = 
     Files go to a temporary sibling folder that is renamed into place, so ``folder`` is
     either absent, the old one or the complete new one. ``create_model(folder)`` loads it.
     """
+    from safetensors.torch import save_file  # here: reading a folder's config needs no torch
+
     folder = Path(folder)
     if MODEL_FOLDER_KIND.is_ours(folder) and not overwrite:
         raise OutputExistsError(errno.EEXIST,
@@ -92,6 +92,8 @@ def save_model(model: Any, folder: str | os.PathLike[str], *, overwrite: bool = 
             "weights_file": WEIGHTS_NAME,
             "sha256": sha256_file(tmp / WEIGHTS_NAME),
             "derived_from": model.weights.to_dict(),
+            # random weights, saved, are still random: every model and output made from them says so
+            "weights_random": bool(model.weights.random),
             "napari_xmag_version": __version__,
         }
         write_json(tmp / CONFIG_NAME, config)

@@ -1,9 +1,12 @@
 """XMAG distillation heads: student width -> teacher width.
 
 Each head is ``Linear -> BatchNorm1d -> GELU -> Linear`` as an ``nn.Sequential`` so that
-its state-dict keys are ``0.*``, ``1.*`` (with BN running statistics) and ``3.*``, the
-layout of the XMAG training checkpoints. The student has a "global" head (its CLS token
-against the teacher's CLS) and a "local" head (its patch tokens against the teacher's).
+its state-dict keys are ``0.*``, ``1.*`` (with BN running statistics) and ``3.*``: our model
+folders save them as ``heads.global.0.weight``, ...; the official XMAG trainer (PyTorch
+Lightning) keeps the same Sequential one level down, ``student_global_head.projector.0.weight``
+and ``student_local_head.projector.*`` (read by :mod:`.convert`). The student has a "global"
+head (its CLS token against the teacher's CLS) and a "local" head (its patch tokens against the
+teacher's).
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ from .hub import HUB_PREFIX
 from .registry import UnknownModelError, get_spec
 from .weights import resolve_weights
 
-__all__ = ["MODELS_ENV", "is_local", "is_registered", "planned_identity", "tiny_random_models"]
+__all__ = [
+    "MODELS_ENV", "declared_random", "is_local", "is_registered", "planned_identity", "tiny_random_models",
+]
 
 #: ``XMAG_MODELS=tiny-random``: tiny random models for every registered name (create_model).
 MODELS_ENV = "XMAG_MODELS"
@@ -67,3 +69,20 @@ def planned_identity(name_or_path: str | os.PathLike[str], weights: str | os.Pat
         "weights_sha256": sha256_file(file) if file is not None else "",
         "weights_random": file is None,
     }
+
+
+def declared_random(name_or_path: str | os.PathLike[str], weights: str | os.PathLike[str] = "auto") -> bool:
+    """Whether the model a command will build has random weights, known before building it:
+    ``weights="random"``, ``XMAG_MODELS=tiny-random``, or a model folder whose config.json records
+    random weights (saved from a random model, or distilled from a random teacher)."""
+    if weights == "random" or (tiny_random_models() and not is_local(name_or_path)):
+        return True
+    from .._atomic import read_small_json
+
+    folder = Path(os.fspath(name_or_path)).expanduser()
+    config = read_small_json(folder / "config.json", limit=16 << 20) if folder.is_dir() else None
+    if not isinstance(config, dict):
+        return False
+    derived_from = config.get("derived_from")
+    derived: dict[str, Any] = derived_from if isinstance(derived_from, dict) else {}
+    return bool(config.get("weights_random") or derived.get("random"))

@@ -43,6 +43,7 @@ class WeightsInfo:
     random: bool
     path: str | None = None
     heads: str | None = None
+    location: str | None = None  # where in the file the backbone was found (the EMA student, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "sha256": self.sha256, "random": self.random, "path": self.path}

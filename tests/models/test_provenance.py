@@ -1,0 +1,35 @@
+"""Random weights stay labelled through what is derived from them: a random model saved and
+reloaded, and everything embedded with it, say ``weights_random = True`` and warn."""
+
+from __future__ import annotations
+
+from cases import CMU1
+from napari_xmag.cli import main
+from napari_xmag.embed import EmbedSettings, embed_slide
+from napari_xmag.features import read_features
+from napari_xmag.models import create_model, save_model
+
+
+def test_a_saved_random_model_is_still_random(tmp_path, capsys) -> None:
+    model = create_model("xmag", weights="random", tiny=True)
+    folder = save_model(model, tmp_path / "saved")
+    loaded = create_model(folder)
+    assert loaded.weights.random is True and loaded.weights.sha256  # from a file, and random
+    out = embed_slide(CMU1.path, loaded, tmp_path / "features", EmbedSettings(device="cpu"), progress=False)
+    assert read_features(out.output).attrs["weights_random"] is True
+    assert main(["embed", str(CMU1.path), "--model", str(folder), "--out", str(tmp_path / "cli"),
+                 "--no-progress"]) == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err  # the warning, as for --weights random
+    assert read_features(tmp_path / "cli" / "CMU-1-Small-Region.h5").attrs["weights_random"] is True
+
+
+def test_a_model_saved_from_real_weights_is_not_random(tmp_path) -> None:
+    import torch
+
+    from checkpoints import TINY, dinov2_state_dict
+
+    path = tmp_path / "weights.pt"
+    torch.save(dinov2_state_dict(TINY["depth"], TINY["embed_dim"], seed=3), path)
+    model = create_model("xmag", weights=str(path), tiny=True)
+    assert model.weights.random is False
+    assert create_model(save_model(model, tmp_path / "saved")).weights.random is False
