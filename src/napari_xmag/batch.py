@@ -69,7 +69,8 @@ __all__ = [
 #: in the manifest of a run still going (or whose client was killed): it is redone by the next
 #: run, as ``failed`` is.
 _REASON_CHARS = 400
-_MODEL_KEYS = ("model", "weights_source", "weights_sha256", "weights_random", "embed_dim")
+_MODEL_KEYS = ("model", "weights_source", "weights_sha256", "weights_tensors_sha256", "weights_random",
+               "embed_dim")
 
 
 class BatchError(ValueError):

@@ -128,6 +128,9 @@ def _embed_options(p: argparse.ArgumentParser) -> None:
                      " run fastest, 64 on a GPU)")
     p.add_argument("--format", default="h5", choices=["h5", "zarr"])
     p.add_argument("--tokens", action="store_true", help="also keep patch-token grids (zarr)")
+    p.add_argument("--allow-non-he", action="store_true",
+                   help="embed slides that do not look like stained brightfield tissue (a dark,"
+                   " fluorescence background), with a warning; refused otherwise")
 
 
 def _add_embed(sub: Any) -> None:
@@ -346,7 +349,7 @@ def _embed_settings(args: argparse.Namespace) -> Any:
         mpp=args.mpp, patch_size=args.patch_size, stride=args.stride,
         tissue_threshold=args.tissue_threshold, mpp_override=args.mpp_override,
         batch_size=args.batch_size, workers=args.workers, device=args.device,
-        precision=args.precision, tokens=args.tokens,
+        precision=args.precision, tokens=args.tokens, allow_non_he=args.allow_non_he,
     )
 
 

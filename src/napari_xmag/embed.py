@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "EmbedCancelled",
     "EmbedSettings",
+    "NotBrightfieldError",
     "SlideEmbedding",
     "already_done",
     "check_slide",
@@ -69,6 +70,10 @@ class EmbedCancelled(Exception):
     """The caller asked to stop; nothing was written."""
 
 
+class NotBrightfieldError(SlideError):
+    """The slide does not look like stained brightfield tissue (a fluorescence background)."""
+
+
 @dataclass(frozen=True)
 class EmbedSettings:
     """How patches are cut and embedded. The defaults are the XMAG student's: 5x, 224 px."""
@@ -83,6 +88,7 @@ class EmbedSettings:
     device: str = "auto"
     precision: str = "auto"  # this device's fastest faithful precision (models/cpu_precision.py)
     tokens: bool = False  # also keep the patch-token grids (zarr only)
+    allow_non_he: bool = False  # embed a slide that does not look like stained brightfield tissue
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mpp", parse_mpp(self.mpp))
@@ -311,6 +317,15 @@ def _check_slide(slide: Slide, settings: EmbedSettings) -> None:
     slide.require_mpp(f"{settings.mpp:g} µm/px patches cannot be cut")
     slide.check_readable()
     check_patch_fits(slide, settings.mpp, settings.patch_size, settings.tissue_threshold)
+    problem = slide.brightfield_problem
+    if problem and not settings.allow_non_he:
+        raise NotBrightfieldError(
+            f"{slide.path}: {problem}. The models are trained on stained (H&E, IHC) brightfield"
+            " slides; to embed it anyway: --allow-non-he (EmbedSettings(allow_non_he=True))"
+        )
+    if problem:
+        log.warning("%s: %s; embedded anyway (--allow-non-he): the features describe it as stain", slide.path,
+                    problem)
 
 
 def already_done(
@@ -336,7 +351,7 @@ def already_done(
     existing = header.attrs
     if _other_slide(existing, run_attrs):
         return None
-    keys = _settings_keys(run_attrs)
+    keys = _settings_keys(run_attrs, existing)
     if settings.precision in (existing.get("precision_requested"), existing.get("precision")):
         keys.pop("precision")
     if settings_differ(existing, keys):
@@ -363,7 +378,7 @@ def finished_patches(output: Path, run_attrs: dict[str, Any], overwrite: bool = 
             f"{output}: holds the features of another slide ({other}), not of {run_attrs['slide_path']};"
             " choose another --out (slides with the same name need separate folders), or pass --overwrite",
         )
-    differ = settings_differ(header.attrs, _settings_keys(run_attrs))
+    differ = settings_differ(header.attrs, _settings_keys(run_attrs, header.attrs))
     if not differ:
         return len(header.coords)
     if overwrite:
@@ -412,13 +427,25 @@ def _check_space(output: Path, patches: int, model: Any, tokens: bool) -> None:
 
 
 _SETTING_KEYS = (
-    "model", "tiny", "weights_source", "weights_sha256", "weights_random", "mpp", "patch_size", "stride",
+    "model", "tiny", "weights_source", "weights_sha256", "weights_tensors_sha256", "weights_random", "mpp",
+    "patch_size", "stride",
     "tissue_threshold", "mpp_override", "precision", "format_tokens",
 )
 
 
-def _settings_keys(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {k: attrs[k] for k in _SETTING_KEYS if k in attrs}
+def _settings_keys(attrs: dict[str, Any], existing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings a rerun must share with ``existing`` to be the same run. The weights are the
+    same when their tensors are (``weights_tensors_sha256``: a re-exported file is the same
+    model); a file of a version without that key is compared by its file hash."""
+    keys = {k: attrs[k] for k in _SETTING_KEYS if k in attrs}
+    if existing is None:
+        return keys
+    if existing.get("weights_tensors_sha256") and keys.get("weights_tensors_sha256"):
+        keys.pop("weights_sha256", None)  # the same tensors, whichever file or path they came from
+        keys.pop("weights_source", None)
+    elif not existing.get("weights_tensors_sha256"):
+        keys.pop("weights_tensors_sha256", None)
+    return keys
 
 
 def run_attributes(slide: Slide, identity: dict[str, Any], settings: EmbedSettings, precision: str
@@ -443,6 +470,7 @@ def run_attributes(slide: Slide, identity: dict[str, Any], settings: EmbedSettin
         "precision": precision,
         "precision_requested": settings.precision,
         "format_tokens": settings.tokens,
+        "allow_non_he": settings.allow_non_he,
         "xmag_version": __version__,
     }
 

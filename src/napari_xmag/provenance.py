@@ -39,6 +39,9 @@ def model_identity(model: Any) -> dict[str, Any]:
         "embed_dim": int(model.embed_dim),
         "weights_source": weights.source,
         "weights_sha256": weights.sha256 or "",
+        # the tensors' hash: a re-exported file of the same weights is the same model
+        "weights_tensors_sha256": getattr(weights, "tensors_sha256", None) or "",
+        "weights_revision": getattr(weights, "revision", None) or "",
         "weights_random": bool(weights.random),
         "weights_heads": weights.heads,
     }

@@ -27,7 +27,13 @@ from PIL import Image
 from ._memory import return_freed_memory, too_big
 from ._paths import file_problem
 from ._values import positive_float
-from .slide_checks import damage_reason, missing_pixels_reason, not_brightfield_reason
+from .slide_checks import (
+    damage_reason,
+    dark_background_reason,
+    dicom_reason,
+    missing_pixels_reason,
+    not_brightfield_reason,
+)
 
 __all__ = [
     "MAGNIFICATION_MPP",
@@ -316,13 +322,16 @@ class Slide:
                                  else f"{self.path}: is a folder, not a slide file")
         try:
             self._osr = openslide.OpenSlide(self.path)
-        except openslide.OpenSlideUnsupportedFormatError:
-            damage = damage_reason(self.path)
+        except openslide.OpenSlideUnsupportedFormatError as err:
+            damage = damage_reason(self.path) or dicom_reason(self.path, str(err) or "unsupported format")
             raise SlideOpenError(
                 f"{self.path}: {damage}" if damage else f"{self.path}: not a slide format OpenSlide"
                 " recognises (unsupported format or not a slide file)"
             ) from None
         except openslide.OpenSlideError as err:
+            dicom = dicom_reason(self.path, str(err))
+            if dicom:
+                raise SlideOpenError(f"{self.path}: {dicom}") from None
             damage = damage_reason(self.path)
             raise SlideOpenError(
                 f"{self.path}: {damage}; OpenSlide says: {err}" if damage
@@ -685,6 +694,13 @@ class Slide:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
         return pixels
+
+    @functools.cached_property
+    def brightfield_problem(self) -> str | None:
+        """Why this RGB slide does not look like stained brightfield tissue (a dark, fluorescence
+        background), from its thumbnail, or None. Brightfield models embed such pixels as if they
+        were stain: commands refuse them unless asked (``--allow-non-he``)."""
+        return dark_background_reason(self.thumbnail(256))
 
     def check_readable(self) -> None:
         """Read one tile of the coarsest level; raises :class:`SlideReadError` if corrupt."""

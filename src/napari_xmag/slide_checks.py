@@ -17,7 +17,20 @@ import tifffile
 
 from ._memory import format_size
 
-__all__ = ["MAX_PIXELS_PER_BYTE", "damage_reason", "missing_pixels_reason", "not_brightfield_reason"]
+__all__ = [
+    "MAX_PIXELS_PER_BYTE",
+    "damage_reason",
+    "dark_background_reason",
+    "dicom_reason",
+    "missing_pixels_reason",
+    "not_brightfield_reason",
+]
+
+#: A brightfield slide's glass is bright; a fluorescence (or darkfield) scan's background is
+#: black. Of a thumbnail's pixels, more than this fraction nearly black (brightest channel
+#: under DARK_LEVEL) is a dark-background image, not a stained brightfield slide.
+DARK_FRACTION = 0.5
+DARK_LEVEL = 40
 
 #: Raw level-0 bytes per byte of a single-file (TIFF-based) slide: real scans, glass included,
 #: stay far below (about 10-600); a file far above holds tiles it does not have.
@@ -151,3 +164,42 @@ def not_brightfield_reason(
     return f"its {width} x {height} px image is {kind} ({channels})"
 
 
+def dark_background_reason(thumbnail: Any) -> str | None:
+    """Why an RGB slide is not stained brightfield tissue, from its thumbnail: a dark
+    background (fluorescence such as NDPI DAPI/TRITC channels, darkfield), or None. A brightfield
+    slide's glass is near white; its tissue, stained, absorbs some of each channel."""
+    import numpy as np
+
+    rgb = np.asarray(thumbnail)[..., :3]
+    if rgb.size == 0:
+        return None
+    brightest = rgb.max(axis=-1)
+    dark = float((brightest < DARK_LEVEL).mean())
+    if dark <= DARK_FRACTION:
+        return None
+    lit = rgb[brightest >= DARK_LEVEL]
+    colour = ""
+    if len(lit):
+        mean = lit.reshape(-1, 3).mean(0)
+        channel = ["red", "green", "blue"][int(mean.argmax())]
+        colour = f"; what is lit is mostly {channel}"
+    return (f"{dark:.0%} of it is a dark background (brightest channel under {DARK_LEVEL}/255){colour}:"
+            " a fluorescence or darkfield image, not a stained brightfield slide")
+
+
+def dicom_reason(path: str | os.PathLike[str], message: str) -> str | None:
+    """OpenSlide's refusal of a DICOM file, explained (its own words, "Couldn't get image flavor",
+    say nothing to a user), or None when ``path`` is not DICOM."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            fh.seek(128)
+            dicom = fh.read(4) == b"DICM"
+    except OSError:
+        return None
+    if not dicom and p.suffix.lower() != ".dcm":
+        return None
+    return (f"a DICOM file OpenSlide cannot open as a whole-slide image ({message}): either it is not"
+            " a WSI DICOM (VL Whole Slide Microscopy Image Storage: a radiology or a single-frame"
+            " image), or its series is incomplete: OpenSlide reads a slide from the folder holding"
+            " every file of the series (one per level, plus label and overview), so copy them all")

@@ -37,19 +37,32 @@ def test_map_aligns_with_the_slide_in_napari(make_napari_viewer, cmu1_features) 
     fs = read_features(cmu1_features)
     rows, cols = m.grid.cells(fs.coords)
     size0 = fs.coords_attrs["patch_size_level0_exact"]
+    # CMU-1's last 5x patches reach past its edge: the layer is drawn at k sub-cells per cell,
+    # the sub-cells past the edge empty, so the map ends with the slide
+    k = layer.metadata["xmag_map"]["display_subcells"]
+    assert k == 8 and layer.data.shape == (m.data.shape[0] * k, m.data.shape[1] * k)
     for (x, y), r, c in zip(fs.coords, rows, cols, strict=True):
         # a patch's top-left corner is the top-left edge of level-0 pixel (x, y): data (y - .5, x - .5)
         top_left = slide.data_to_world((y - 0.5, x - 0.5))
         np.testing.assert_allclose(top_left, ((y - 0.5) * 0.499, (x - 0.5) * 0.499))
-        np.testing.assert_allclose(layer.world_to_data(top_left), (r - 0.5, c - 0.5), atol=1e-9)
+        np.testing.assert_allclose(layer.world_to_data(top_left), (r * k - 0.5, c * k - 0.5), atol=1e-9)
         # the cells it covers end span * step later; its own edge is 897.8 px: 0.2 px = 0.0005 cell short
+        edge = ((r + 2) * k - 0.5, (c + 2) * k - 0.5)
         bottom_right = slide.data_to_world((y + 2 * 449 - 0.5, x + 2 * 449 - 0.5))
-        np.testing.assert_allclose(layer.world_to_data(bottom_right), (r + 1.5, c + 1.5), atol=1e-9)
+        np.testing.assert_allclose(layer.world_to_data(bottom_right), edge, atol=1e-9)
         real = slide.data_to_world((y + size0 - 0.5, x + size0 - 0.5))
-        np.testing.assert_allclose(layer.world_to_data(real), (r + 1.5, c + 1.5), atol=1e-3)
+        np.testing.assert_allclose(layer.world_to_data(real), edge, atol=1e-2)
         # napari picks the map value of cell (r, c) inside the patch's first cell
         inside = slide.data_to_world((y + 449 / 2, x + 449 / 2))
         assert layer.get_value(inside, world=True) == m.data[r, c] > 0
+    # the map ends with the slide (2967 x 2220 px): a sub-cell is drawn when its centre is on the
+    # slide, so the last one's far edge is within half a sub-cell (449 / 16 px) of the slide's
+    ys, xs = np.nonzero(np.asarray(layer.data))
+    last = np.asarray(layer.data_to_world((ys.max() + 0.5, xs.max() + 0.5)))  # its far edge, µm
+    slide_edge = np.asarray(slide.data_to_world((2967 - 0.5, 2220 - 0.5)))
+    half = 449 / k / 2 * 0.499
+    assert np.all(np.abs(last - slide_edge) <= half + 1e-6), (last, slide_edge)
+    assert m.data.shape[1] * 449 > 2220  # the cells themselves reach past it
 
 
 # ---- CLI ------------------------------------------------------------------------------------

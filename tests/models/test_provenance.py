@@ -33,3 +33,39 @@ def test_a_model_saved_from_real_weights_is_not_random(tmp_path) -> None:
     model = create_model("xmag", weights=str(path), tiny=True)
     assert model.weights.random is False
     assert create_model(save_model(model, tmp_path / "saved")).weights.random is False
+
+
+def test_weights_are_identified_by_their_tensors(tmp_path, capsys, monkeypatch) -> None:
+    """A re-export of the same tensors (other order, other metadata, another path, .bin) is the
+    same weights: the finished slide is skipped; other tensors are not the same weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_xmag.models.files import sha256_file, tensors_sha256
+
+    model = create_model("xmag", weights="random", tiny=True)
+    sd = {k: v.contiguous() for k, v in model.backbone.state_dict().items()}
+    first, again, pickled = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.bin"
+    save_file(sd, str(first), metadata={"exported": "monday"})
+    save_file(dict(reversed(list(sd.items()))), str(again), metadata={"exported": "tuesday"})
+    torch.save(sd, pickled)
+    assert sha256_file(first) != sha256_file(again)
+    assert tensors_sha256(first) == tensors_sha256(again) == tensors_sha256(pickled)
+    loaded = create_model("xmag", weights=str(first), tiny=True)
+    assert loaded.weights.tensors_sha256 == tensors_sha256(first)
+
+    monkeypatch.setenv("XMAG_MODELS", "tiny-random")  # tiny architectures; these files are the weights
+    out = tmp_path / "features"
+    base = ["embed", str(CMU1.path), "--model", "xmag", "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main([*base, "--weights", str(first)]) == 0
+    written = read_features(out / "CMU-1-Small-Region.h5").attrs
+    assert written["weights_tensors_sha256"] == tensors_sha256(first)
+    capsys.readouterr()
+    for same in (again, pickled):
+        assert main([*base, "--weights", str(same)]) == 0
+        assert "already done" in capsys.readouterr().out
+    sd["cls_token"] = sd["cls_token"] + 1
+    other = tmp_path / "other.safetensors"
+    save_file(sd, str(other))
+    assert main([*base, "--weights", str(other)]) == 2
+    assert "made with other settings" in capsys.readouterr().err

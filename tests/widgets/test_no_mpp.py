@@ -53,7 +53,8 @@ def test_embedded_mapped_and_explored_from_napari(make_napari_viewer, qtbot, tmp
     assert (meta["mpp_x"], meta["mpp_source"]) == (MPP, "override")  # kept with the layer
     np.testing.assert_allclose(layer.scale[-2:], (MPP, MPP))
     [pca] = [lyr for lyr in viewer.layers if lyr.name.startswith("PCA · no-mpp")]
-    np.testing.assert_allclose(pca.scale, (449 * MPP, 449 * MPP), rtol=1e-3)  # as CMU-1 at 5x, stride 112
+    k = pca.metadata["xmag_map"]["display_subcells"]  # sub-cells per cell: the map ends with the slide
+    np.testing.assert_allclose(pca.scale, (449 / k * MPP, 449 / k * MPP), rtol=1e-3)  # as CMU-1, stride 112
     [grid] = [lyr for lyr in viewer.layers if lyr.name.startswith("patch grid (18) · no-mpp")]
     assert grid.nshapes == 18  # the same 18 patches as CMU-1
 

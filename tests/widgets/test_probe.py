@@ -46,9 +46,9 @@ def test_widget_trains_saves_and_loads(make_napari_viewer, embedded, tmp_path, q
     assert [h.name for h in heat] == [f"probe class {i} · sample · random weights" for i in (1, 2)]
     assert seg.name == "probe classes · sample · random weights"
     assert [e.kind for e in widget.legend.entries] == ["colorbar", "colorbar", "classes"]
-    expected = fewshot.predict_maps(embedded[1], widget._probe)[1]
-    np.testing.assert_allclose(seg.scale, expected.scale)
-    np.testing.assert_allclose(seg.translate, expected.translate)
+    _, expected, _ = fewshot.predict_maps(embedded[1], widget._probe)[1].layer_data()
+    np.testing.assert_allclose(seg.scale, expected["scale"])
+    np.testing.assert_allclose(seg.translate, expected["translate"])
     before = np.array(seg.data)
 
     widget._probe_file_edit.value = tmp_path / "tumour.npz"

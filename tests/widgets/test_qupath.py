@@ -86,7 +86,9 @@ def test_our_export_comes_back_through_the_same_reader(make_napari_viewer, tmp_p
     # every patch cell comes back inside the polygon of its own cluster
     import shapely
 
-    grid = seg.grid
+    from napari_xmag.maps import MapGrid
+
+    grid = MapGrid.from_dict(kwargs["metadata"]["xmag_map"]["grid"])  # the grid the layer is drawn on
     for cls in seg.classes:
         classes = shapes.features["class"]
         polys = [shapely.Polygon(v[:, ::-1]) for v, c in zip(shapes.data, classes, strict=True) if c == cls]

@@ -23,10 +23,10 @@ from safetensors import safe_open
 from torch import nn
 
 from .convert import convert_checkpoint
-from .files import WeightsError, find_weights_file, load_checkpoint, sha256_file
+from .files import WeightsError, find_weights_file, load_checkpoint, sha256_file, tensors_sha256
 from .folder import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from .heads import build_heads
-from .hub import HUB_PREFIX, download_from_hub
+from .hub import HUB_PREFIX, download_from_hub, snapshot_revision
 from .model import XmagModel
 from .plan import is_local, is_registered, tiny_random_models
 from .precision import prepare_model, resolve_device
@@ -332,7 +332,8 @@ def create_model(
         derived: dict[str, Any] = derived_from if isinstance(derived_from, dict) else {}
         derived_random = bool(config.get("weights_random") or derived.get("random"))
         info = WeightsInfo(source, sha256_file(file), derived_random, path=str(file), heads=heads_origin,
-                           location=converted.location)
+                           location=converted.location, tensors_sha256=tensors_sha256(file),
+                           revision=snapshot_revision(file))
 
     model = XmagModel(spec, backbone, weights=info, heads=head_modules, tiny=tiny, overrides=overrides)
     return model.to(target_device).eval()

@@ -58,6 +58,87 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+#: torch dtype names -> safetensors' codes: one spelling, so that a .bin and a .safetensors of
+#: the same tensors hash the same
+_DTYPE_CODES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+    "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+}
+
+
+def tensors_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of the tensors a weights file holds, not of the file: every tensor's name, dtype,
+    shape and bytes, in name order. A re-export with other metadata, another tensor order, or
+    another container (``.bin`` vs ``.safetensors``, one file vs shards) is the same weights.
+    Safetensors are read from their header and byte ranges (no torch); pickles through
+    :func:`torch_load_safely`. Once per process per file version."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _tensors_sha256(p, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _tensors_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    files = _shards(path) if path.name.endswith(".index.json") else [path]
+    entries: list[tuple[str, str, tuple[int, ...], Path, Any]] = []
+    for file in files:
+        if file.suffix.lower() == ".safetensors":
+            entries += _safetensors_entries(file)
+        else:
+            entries += _pickle_entries(file)
+    digest = hashlib.sha256()
+    for name, dtype, shape, file, where in sorted(entries, key=lambda e: e[0]):
+        digest.update(f"{name}\0{dtype}\0{','.join(map(str, shape))}\0".encode())
+        if isinstance(where, bytes):
+            digest.update(where)
+            continue
+        start, end = where
+        with file.open("rb") as fh:
+            fh.seek(start)
+            left = end - start
+            while left > 0:
+                block = fh.read(min(left, 1 << 20))
+                if not block:
+                    raise WeightsError(f"{file}: tensor {name} is cut short")
+                digest.update(block)
+                left -= len(block)
+    return digest.hexdigest()
+
+
+def _safetensors_entries(file: Path) -> list[tuple[str, str, tuple[int, ...], Path, Any]]:
+    import json
+    import struct
+
+    with file.open("rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if length > MAX_INDEX_BYTES * 4:
+            raise WeightsError(f"{file}: a safetensors header of {length} bytes")
+        header = json.loads(fh.read(length))
+    base = 8 + length
+    return [(name, str(info["dtype"]), tuple(int(d) for d in info["shape"]), file,
+             (base + int(info["data_offsets"][0]), base + int(info["data_offsets"][1])))
+            for name, info in header.items() if name != "__metadata__"]
+
+
+def _pickle_entries(file: Path) -> list[tuple[str, str, tuple[int, ...], Path, Any]]:
+    import torch  # a pickle's tensors exist only once it is read (weights only, as always)
+
+    out: list[tuple[str, str, tuple[int, ...], Path, Any]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."), str(t.dtype))
+            raw = t.view(torch.uint8) if t.dtype != torch.bool else t.to(torch.uint8)
+            out.append((prefix, code, tuple(t.shape), file, raw.numpy().tobytes()))
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+
+    walk(torch_load_safely(file, WeightsError), "")
+    return out
+
+
 def _shards(index: Path) -> list[Path]:
     """The shard files an index names, each in the index's own folder (never elsewhere)."""
     import json

@@ -54,6 +54,15 @@ def hub_reachable() -> bool:
         return False
 
 
+def snapshot_revision(path: str | os.PathLike[str]) -> str | None:
+    """The hub commit a cached file belongs to (``.../snapshots/<40 hex>/...``), or None."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts[:-1]):
+        if part == "snapshots" and i + 1 < len(parts) and len(parts[i + 1]) == 40:
+            return parts[i + 1]
+    return None
+
+
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 

@@ -116,8 +116,8 @@ def inspect_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
     report["fits"] = fits
     if fits:
         best = fits[0]
-        tiny = ", tiny=True" if best["tiny"] else ""
-        report["load_with"] = (f"create_model({best['model']!r}, weights={str(p)!r}{tiny});"
+        small = ", tiny=True" if best["tiny"] else ""
+        report["load_with"] = (f"create_model({best['model']!r}, weights={str(p)!r}{small});"
                                f" CLI: --model {best['model']} --weights {p}")
     elif closest is not None:
         report["closest"] = closest[2]

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .files import sha256_file
+from .files import sha256_file, tensors_sha256
 from .hub import HUB_PREFIX
 from .registry import UnknownModelError, get_spec
 from .weights import resolve_weights
@@ -67,6 +67,7 @@ def planned_identity(name_or_path: str | os.PathLike[str], weights: str | os.Pat
         "tiny": tiny,
         "weights_source": source if file is not None else "random",
         "weights_sha256": sha256_file(file) if file is not None else "",
+        "weights_tensors_sha256": tensors_sha256(file) if file is not None else "",
         "weights_random": file is None,
     }
 

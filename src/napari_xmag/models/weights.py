@@ -44,6 +44,8 @@ class WeightsInfo:
     path: str | None = None
     heads: str | None = None
     location: str | None = None  # where in the file the backbone was found (the EMA student, ...)
+    tensors_sha256: str | None = None  # of the tensors, not the file (files.tensors_sha256)
+    revision: str | None = None  # the hub commit the file came from
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "sha256": self.sha256, "random": self.random, "path": self.path}
