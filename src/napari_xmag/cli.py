@@ -128,6 +128,11 @@ def _embed_options(p: argparse.ArgumentParser) -> None:
                      " run fastest, 64 on a GPU)")
     p.add_argument("--format", default="h5", choices=["h5", "zarr"])
     p.add_argument("--tokens", action="store_true", help="also keep patch-token grids (zarr)")
+    p.add_argument("--stain-norm", default="none", choices=("none", "macenko", "reinhard"),
+                   help="normalise each slide's stain to a reference before embedding, fitted once per"
+                   " slide on its tissue (default: none)")
+    p.add_argument("--stain-reference", default=None, metavar="IMAGE",
+                   help="the reference image for --stain-norm (default: the bundled H&E reference)")
     p.add_argument("--allow-non-he", action="store_true",
                    help="embed slides that do not look like stained brightfield tissue (a dark,"
                    " fluorescence background), with a warning; refused otherwise")
@@ -350,6 +355,7 @@ def _embed_settings(args: argparse.Namespace) -> Any:
         tissue_threshold=args.tissue_threshold, mpp_override=args.mpp_override,
         batch_size=args.batch_size, workers=args.workers, device=args.device,
         precision=args.precision, tokens=args.tokens, allow_non_he=args.allow_non_he,
+        stain_norm=args.stain_norm, stain_reference=args.stain_reference,
     )
 
 
@@ -466,7 +472,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     if args.inspect is not None:
-        from ._paths import InputFileError, file_problem
+        from ._paths import InputFileError, file_problem  # on demand: --help needs no torch
         from .models.listing import inspect_weights  # torch: the file's tensors are read
 
         problem = file_problem(args.inspect, folder=True)
@@ -492,7 +498,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"  fits no registered model; closest: {report.get('closest')}")
             print(f"  first keys: {', '.join(report.get('first_keys', []))}")
         return 0
-    from .models.listing import zoo_table
+    from .models.listing import zoo_table  # on demand, as above
 
     rows = zoo_table()
     if args.json:
@@ -510,7 +516,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     """Check every slide first (no torch, no model: a bad path fails in a fraction of a second),
     skip the finished ones, build the model only for what is left; a slide that fails is said
     and the others go on. Exit 0, or 1 when any slide failed (2: one slide, refused)."""
-    from ._paths import InputFileError, file_problem
+    from ._paths import InputFileError, file_problem  # on demand: --help needs no torch
 
     failed: dict[Path, str] = {}
     for path in args.slides:  # a missing file is said before the (slower) imports below

@@ -45,6 +45,7 @@ from .features import (
 from .models.precision import check_precision, inference_precision, prepare_model, resolve_device
 from .provenance import model_identity
 from .slide import Slide, SlideError, parse_mpp
+from .stain import STAIN_METHODS, fit_stain_normalizer
 from .tiling import check_patch_fits, patch_grid, require_patches, tissue_mask
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,17 @@ class EmbedSettings:
     precision: str = "auto"  # this device's fastest faithful precision (models/cpu_precision.py)
     tokens: bool = False  # also keep the patch-token grids (zarr only)
     allow_non_he: bool = False  # embed a slide that does not look like stained brightfield tissue
+    stain_norm: str = "none"  # none, macenko or reinhard (stain.py): fitted once per slide
+    stain_reference: str | None = None  # an image to normalise to; None: the bundled default
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mpp", parse_mpp(self.mpp))
         check_precision(self.precision, "inference")
         if (self.batch_size is not None and self.batch_size < 1) or self.workers < 1 or self.patch_size < 1:
             raise ValueError("batch size, workers and patch size must be positive")
+        if self.stain_norm not in STAIN_METHODS:
+            raise ValueError(f"stain normalisation must be one of {', '.join(STAIN_METHODS)},"
+                             f" not {self.stain_norm!r}")
         if not 0 <= self.tissue_threshold <= 1:
             raise ValueError(f"tissue threshold is a fraction in [0, 1], got {self.tissue_threshold}")
 
@@ -141,10 +147,12 @@ def iter_patch_batches(
     batch_size: int = 32,
     workers: int = 2,
     mpp_override: float | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[np.ndarray]:
     """(B, patch_size, patch_size, 3) uint8 batches in ``coords`` order.
 
     Each worker thread opens its own handle; up to ``2 * workers`` batches are read ahead.
+    ``transform`` (a stain normalisation) runs on each batch in the reading thread.
     """
     local = threading.local()
     handles: list[Slide] = []
@@ -163,7 +171,7 @@ def iter_patch_batches(
         out = np.empty((len(chunk), patch_size, patch_size, 3), np.uint8)
         for i, (x, y) in enumerate(chunk):
             out[i] = slide.read_region(int(x), int(y), patch_size, mpp=mpp).image
-        return out
+        return transform(out) if transform is not None else out
 
     starts = list(range(0, len(coords), batch_size))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xmag-read")
@@ -282,10 +290,12 @@ def embed_slide(
         )
         require_patches(grid, slide, mask)
         coords_attrs = coords_attributes(slide, grid)
+        normalizer = fit_stain_normalizer(slide, settings.stain_norm, settings.stain_reference)
     _check_space(output, len(grid), model, settings.tokens)
     batches = iter_patch_batches(
         slide_path, grid.coords, grid.mpp, grid.patch_size,
         settings.batch_size or default_batch_size(settings.device), settings.workers, settings.mpp_override,
+        transform=normalizer,
     )
     features, tokens = embed_patches(
         model, batches, len(grid), device=settings.device, precision=settings.precision,
@@ -429,7 +439,7 @@ def _check_space(output: Path, patches: int, model: Any, tokens: bool) -> None:
 _SETTING_KEYS = (
     "model", "tiny", "weights_source", "weights_sha256", "weights_tensors_sha256", "weights_random", "mpp",
     "patch_size", "stride",
-    "tissue_threshold", "mpp_override", "precision", "format_tokens",
+    "tissue_threshold", "mpp_override", "precision", "format_tokens", "stain_norm", "stain_reference",
 )
 
 
@@ -445,6 +455,9 @@ def _settings_keys(attrs: dict[str, Any], existing: dict[str, Any] | None = None
         keys.pop("weights_source", None)
     elif not existing.get("weights_tensors_sha256"):
         keys.pop("weights_tensors_sha256", None)
+    if "stain_norm" not in existing and keys.get("stain_norm") == "none":  # before stain normalisation
+        keys.pop("stain_norm", None)
+        keys.pop("stain_reference", None)
     return keys
 
 
@@ -471,6 +484,9 @@ def run_attributes(slide: Slide, identity: dict[str, Any], settings: EmbedSettin
         "precision_requested": settings.precision,
         "format_tokens": settings.tokens,
         "allow_non_he": settings.allow_non_he,
+        "stain_norm": settings.stain_norm,
+        "stain_reference": (str(settings.stain_reference) if settings.stain_reference else "default")
+        if settings.stain_norm != "none" else "",
         "xmag_version": __version__,
     }
 

@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tifffile
 
 from ._memory import format_size
@@ -168,8 +169,6 @@ def dark_background_reason(thumbnail: Any) -> str | None:
     """Why an RGB slide is not stained brightfield tissue, from its thumbnail: a dark
     background (fluorescence such as NDPI DAPI/TRITC channels, darkfield), or None. A brightfield
     slide's glass is near white; its tissue, stained, absorbs some of each channel."""
-    import numpy as np
-
     rgb = np.asarray(thumbnail)[..., :3]
     if rgb.size == 0:
         return None

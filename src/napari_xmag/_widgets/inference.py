@@ -56,6 +56,7 @@ from napari_xmag.models.precision import PRECISIONS
 from napari_xmag.models.registry import list_models
 from napari_xmag.provenance import random_weights_warning, tagged_name
 from napari_xmag.slide import level0_to_um
+from napari_xmag.stain import STAIN_METHODS
 
 if TYPE_CHECKING:
     import napari
@@ -80,6 +81,7 @@ def run_folder(out_dir: str | Path, model: str, weights: str, settings: Any) -> 
     tag = (
         f"{settings.mpp:g}um-{settings.patch_size}px-s{settings.stride or settings.patch_size}"
         f"-t{settings.tissue_threshold:g}-{settings.precision}"
+        + (f"-{settings.stain_norm}" if settings.stain_norm != "none" else "")
     )
     name = Path(model).name if "/" in model and ":" not in model else model  # a path: its last part
     return Path(out_dir) / f"{safe(name)}-{safe(weights)}" / tag
@@ -119,6 +121,9 @@ class InferenceWidget(Container):
         self._device_edit = ComboBox(label="device", choices=DEVICES, value="auto")
         self._precision_edit = ComboBox(label="precision", choices=PRECISIONS, value="auto",
                                         tooltip="as xmag embed --precision")
+        self._stain_edit = ComboBox(label="stain normalisation", choices=STAIN_METHODS, value="none",
+                                    tooltip="as xmag embed --stain-norm: fitted once per slide on its tissue,"
+                                    " to the bundled H&E reference")
         self._out_edit = FileEdit(label="features folder", mode="d", value=default_output_folder(),
                                   tooltip="features go to <folder>/<model>-<weights>/<settings>/<slide>.h5,"
                                   " reused when already there")
@@ -136,7 +141,7 @@ class InferenceWidget(Container):
         self._body = in_scroll_area(self, [
             self._slide_edit, self._mpp_override_edit, self._model_edit, self._model_choices,
             self._weights_edit, self._mpp_edit, self._stride_edit, self._threshold_edit,
-            self._device_edit, self._precision_edit, self._out_edit, self._pca_edit,
+            self._device_edit, self._precision_edit, self._stain_edit, self._out_edit, self._pca_edit,
             self._kmeans_edit, self._k_edit, self._mask_edit, self._grid_edit, buttons,
         ], [self._status, self.legend])
         self.task = BackgroundTask(
@@ -184,7 +189,7 @@ class InferenceWidget(Container):
                 mpp=self._mpp_edit.value, stride=int(self._stride_edit.value),
                 tissue_threshold=float(self._threshold_edit.value), mpp_override=mpp_override,
                 device=self._device_edit.value, precision=self._precision_edit.value,
-                workers=2,
+                stain_norm=self._stain_edit.value, workers=2,
             )
         except ValueError as err:
             self._status.value = str(err)

@@ -77,7 +77,9 @@ class TrainConfig:
     eval_every: int | None = None  # steps; held-out metrics are always taken at start and end
 
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on the CPU
+    # auto: bf16 (or fp16) autocast on CUDA; on a CPU bf16 autocast where the CPU has bf16 units
+    # (models/cpu_precision.py), else fp32
+    precision: str = "auto"
     num_workers: int = 4
     cache_workers: int = 4
     teacher_chunk: int = 256  # crops per teacher forward

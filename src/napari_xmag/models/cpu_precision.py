@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._atomic import write_json
+from .._paths import user_cache_dir
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CPU_PRECISION_ENV", "CpuInfo", "auto_cpu_precision", "candidate_precision", "cpu_info"]
@@ -90,7 +93,7 @@ def auto_cpu_precision() -> str:
     candidate = candidate_precision(info.flags)
     if candidate == "fp32":
         return "fp32"
-    import torch
+    import torch  # only to probe: the precision vocabulary is read without torch
 
     key = f"{info.model} | {info.key_flags} | torch {torch.__version__} | {candidate}"
     cache = _cache_path()
@@ -109,9 +112,9 @@ def auto_cpu_precision() -> str:
 def probe(candidate: str, repeats: int = 3) -> dict[str, Any]:
     """Time one MLP block of ViT-B (768 -> 3072 -> 768) on 8 x 257 tokens in fp32 and in
     ``candidate``; the best of ``repeats`` each, after a warm-up. ~0.5 s on 2 cores."""
-    import torch
+    import torch  # see auto_cpu_precision
 
-    from .precision import convert_for_cpu
+    from .precision import convert_for_cpu  # precision imports this module: a cycle at import time
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -138,8 +141,6 @@ def probe(candidate: str, repeats: int = 3) -> dict[str, Any]:
 
 
 def _cache_path() -> Path:
-    from .._paths import user_cache_dir
-
     return user_cache_dir() / CACHE_NAME
 
 
@@ -153,8 +154,6 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 def _write_cache(path: Path, data: dict[str, Any]) -> None:
     """Best effort: a read-only cache only means probing again next time."""
-    from .._atomic import write_json
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, data, overwrite=True)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +108,6 @@ def _tensors_sha256(path: Path, size: int, mtime_ns: int) -> str:
 
 
 def _safetensors_entries(file: Path) -> list[tuple[str, str, tuple[int, ...], Path, Any]]:
-    import json
-    import struct
-
     with file.open("rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
         if length > MAX_INDEX_BYTES * 4:
@@ -129,7 +128,8 @@ def _pickle_entries(file: Path) -> list[tuple[str, str, tuple[int, ...], Path, A
         if isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous()
             code = _DTYPE_CODES.get(str(t.dtype).removeprefix("torch."), str(t.dtype))
-            raw = t.view(torch.uint8) if t.dtype != torch.bool else t.to(torch.uint8)
+            flat = t.reshape(-1)  # a 0-dim tensor (a BatchNorm counter) has no byte view
+            raw = flat.view(torch.uint8) if t.dtype != torch.bool else flat.to(torch.uint8)
             out.append((prefix, code, tuple(t.shape), file, raw.numpy().tobytes()))
         elif isinstance(obj, dict):
             for key, value in obj.items():
@@ -141,8 +141,6 @@ def _pickle_entries(file: Path) -> list[tuple[str, str, tuple[int, ...], Path, A
 
 def _shards(index: Path) -> list[Path]:
     """The shard files an index names, each in the index's own folder (never elsewhere)."""
-    import json
-
     if index.stat().st_size > MAX_INDEX_BYTES:
         raise WeightsError(f"{index}: {index.stat().st_size} bytes is too large for a shard index")
     try:

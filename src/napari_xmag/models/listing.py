@@ -47,7 +47,7 @@ def _cached(repo_id: str | None, filenames: tuple[str, ...]) -> str | None:
     if not repo_id:
         return None
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # on demand: the registry is data only
     except ImportError:  # pragma: no cover - a dependency
         return None
     for filename in filenames:
@@ -59,14 +59,14 @@ def _cached(repo_id: str | None, filenames: tuple[str, ...]) -> str | None:
 
 def inspect_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What ``path`` is and how it would be loaded (reads tensors safely; runs nothing)."""
-    from .convert import _ANCHOR, _HF_ANCHOR, _split_heads, _tensor_dicts, convert_checkpoint
-    from .factory import build_backbone
+    from .convert import _ANCHOR, _HF_ANCHOR, _split_heads, _tensor_dicts, convert_checkpoint  # torch:
+    from .factory import build_backbone  # only to inspect; `xmag models` lists without torch
 
     p = Path(path).expanduser()
     report: dict[str, Any] = {"path": str(p)}
     config = None
     if p.is_dir():
-        from .._atomic import read_small_json
+        from .._atomic import read_small_json  # see _cached: listing stays light
 
         config = read_small_json(p / "config.json", limit=16 << 20)
         if isinstance(config, dict) and config.get("format") == CONFIG_FORMAT:

@@ -78,7 +78,7 @@ def declared_random(name_or_path: str | os.PathLike[str], weights: str | os.Path
     random weights (saved from a random model, or distilled from a random teacher)."""
     if weights == "random" or (tiny_random_models() and not is_local(name_or_path)):
         return True
-    from .._atomic import read_small_json
+    from .._atomic import read_small_json  # on demand: plan is imported by the light CLI paths
 
     folder = Path(os.fspath(name_or_path)).expanduser()
     config = read_small_json(folder / "config.json", limit=16 << 20) if folder.is_dir() else None

@@ -90,7 +90,7 @@ def check_precision(precision: str, use: str, device: torch.device | None = None
     accelerator = device.type != "cpu"
     if precision == "auto":
         if not accelerator:
-            from .cpu_precision import auto_cpu_precision
+            from .cpu_precision import auto_cpu_precision  # it imports this module (convert_for_cpu)
 
             chosen = auto_cpu_precision()
             return chosen if use == "inference" or chosen == "bf16" else "fp32"
