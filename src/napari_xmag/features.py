@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
-import zarr
 
 from ._atomic import OutputKind, atomic_path, read_small_json
 from ._paths import InputFileError, file_problem
@@ -141,6 +140,8 @@ def _write_h5(path: Path, data: FeatureSet) -> None:
 
 
 def _write_zarr(path: Path, data: FeatureSet) -> None:
+
+    import zarr  # here: reading an h5, or a file's header, needs no zarr (0.4 s to import)
 
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     coords = root.create_array("coords", data=np.asarray(data.coords, np.int64).reshape(-1, 2))

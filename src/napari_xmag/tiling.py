@@ -13,8 +13,6 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import threshold_otsu
-from skimage.morphology import disk
 
 from .slide import MAGNIFICATION_MPP, Slide, SlideError, magnification_name, parse_mpp
 
@@ -201,6 +199,8 @@ def _saturation_threshold(saturation: np.ndarray, floor: float, min_contrast: fl
     if np.count_nonzero(counts) < 2:
         return None  # a single value: nothing to separate
     centres = np.arange(256) / 255.0
+    from skimage.filters import threshold_otsu  # here: 0.7 s to import, only when a mask is made
+
     otsu = float(threshold_otsu(hist=(counts, centres)))
     below, above = centres <= otsu, centres > otsu
     mean_below = np.average(centres[below], weights=counts[below])
@@ -231,6 +231,8 @@ def _morphology(tissue: np.ndarray, operation: Any, radius: int) -> np.ndarray:
         return tissue
     # Pad by repeating the border so the slide's edge does not erode tissue that touches it.
     padded = np.pad(tissue, radius, mode="edge")
+    from skimage.morphology import disk  # see _saturation_threshold
+
     return operation(padded, structure=disk(radius))[radius:-radius, radius:-radius]
 
 

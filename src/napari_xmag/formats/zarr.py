@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from .._memory import format_size, too_big
 
@@ -51,6 +50,8 @@ def open_group(path: str | os.PathLike[str], error: type[Exception], what: str =
     if problem:
         raise error(f"{path}: {problem}")
     try:
+        import zarr  # here: checking a features or map file's kind needs no zarr (0.4 s to import)
+
         return zarr.open_group(str(path), mode="r")
     except Exception as err:  # zarr raises many types for a foreign or damaged store
         raise error(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from None
@@ -66,6 +67,8 @@ def array(group: Any, key: str, path: Path, error: type[Exception], factor: floa
     if key not in group:
         raise error(f"{path}: no '{key}' array")
     arr = group[key]
+    import zarr  # see open_group
+
     if not isinstance(arr, zarr.Array):
         raise error(f"{path}: '{key}' is a group, not an array")
     nbytes = int(np.prod(arr.shape, dtype=np.float64)) * int(arr.dtype.itemsize)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .files import sha256_file, tensors_sha256
+from .files import tensors_sha256
 from .hub import HUB_PREFIX
 from .registry import UnknownModelError, get_spec
 from .weights import resolve_weights
@@ -52,7 +52,7 @@ def is_local(ref: Any) -> bool:
 def planned_identity(name_or_path: str | os.PathLike[str], weights: str | os.PathLike[str] = "auto"
                      ) -> dict[str, Any] | None:
     """The identity keys ``create_model(name_or_path, weights)`` will record (model, tiny,
-    weights source, sha256, random), or None when only building the model can tell."""
+    weights source, the tensors' sha256, random), or None when only building the model can tell."""
     tiny = False
     if tiny_random_models() and not is_local(name_or_path):
         tiny = True
@@ -66,7 +66,8 @@ def planned_identity(name_or_path: str | os.PathLike[str], weights: str | os.Pat
         "model": spec.name,
         "tiny": tiny,
         "weights_source": source if file is not None else "random",
-        "weights_sha256": sha256_file(file) if file is not None else "",
+        # the tensors' hash identifies the weights (the file's, ``weights_sha256``, is left to the
+        # built model: hashing both would read the weights twice to skip a finished slide)
         "weights_tensors_sha256": tensors_sha256(file) if file is not None else "",
         "weights_random": file is None,
     }
