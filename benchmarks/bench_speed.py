@@ -44,7 +44,7 @@ def bare_forward(n_batches: int = 6) -> dict[str, float]:
     import torch
 
     from napari_xmag.models import create_model
-    from napari_xmag.models.precision import convert_for_cpu
+    from napari_xmag.models.cpu_precision import convert_for_cpu
 
     model = create_model("xmag", weights="random", overrides={"init_values": 1.0}).eval()
     x = torch.randn(BATCH, 3, 224, 224)

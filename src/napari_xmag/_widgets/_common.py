@@ -139,6 +139,24 @@ def slide_needs_mpp(layer: Any) -> str | None:
             " mpp override above (e.g. 0.5 for a 20x scan, 0.25 for 40x) and run again.")
 
 
+def slide_ready(layer: Any, mpp_override: float, status: Any) -> bool:
+    """Whether a widget can run on ``layer``: a slide is picked and has an mpp (its own, or the
+    override just entered, which the layer keeps). Says why not in ``status``, and notifies a
+    missing mpp (the user may not be looking at the dock)."""
+    if layer is None:
+        status.value = "Open a slide with napari-xmag first (File > Open, or the sample slide)."
+        return False
+    apply_mpp_override(layer, mpp_override)
+    problem = slide_needs_mpp(layer)
+    if problem:
+        from napari_xmag._widgets._task import notify  # Qt: _writer imports this module
+
+        status.value = problem
+        notify(problem)
+        return False
+    return True
+
+
 def slide_offset(layer: Any) -> np.ndarray:
     """World offset (µm, y, x) of the slide layer: maps are placed relative to it."""
     return np.asarray(layer.translate[-2:], np.float64)

@@ -30,14 +30,13 @@ from napari.layers import Shapes
 from napari_xmag import compare, maps
 from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import (
-    apply_mpp_override,
     caption_overlay,
     in_scroll_area,
     layer_mpp_override,
     mpp_override_edit,
     slide_info,
     slide_layers,
-    slide_needs_mpp,
+    slide_ready,
     text_label,
 )
 from napari_xmag._widgets._legend import Legend
@@ -156,14 +155,7 @@ class ComparisonWidget(Container):
 
     def _on_run(self, _event: Any = None) -> None:
         layer = self._slide_edit.value
-        if layer is None:
-            self._status.value = "Open a slide with napari-xmag first."
-            return
-        apply_mpp_override(layer, float(self._mpp_override_edit.value))
-        problem = slide_needs_mpp(layer)
-        if problem:
-            self._status.value = problem
-            notify(problem)
+        if not slide_ready(layer, float(self._mpp_override_edit.value), self._status):
             return
         try:
             roi = self._roi()

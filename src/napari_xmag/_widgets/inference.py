@@ -34,7 +34,6 @@ from magicgui.widgets import (
 from napari_xmag import maps as xmaps
 from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import (
-    apply_mpp_override,
     in_scroll_area,
     layer_mpp_override,
     mpp_override_edit,
@@ -42,8 +41,8 @@ from napari_xmag._widgets._common import (
     shifted,
     slide_info,
     slide_layers,
-    slide_needs_mpp,
     slide_offset,
+    slide_ready,
     text_label,
 )
 from napari_xmag._widgets._legend import Legend
@@ -174,14 +173,7 @@ class InferenceWidget(Container):
 
     def _on_run(self, _event: Any = None) -> None:
         layer = self._slide_edit.value
-        if layer is None:
-            self._status.value = "Open a slide with napari-xmag first (File > Open, or the sample slide)."
-            return
-        apply_mpp_override(layer, float(self._mpp_override_edit.value))
-        problem = slide_needs_mpp(layer)
-        if problem:
-            self._status.value = problem
-            notify(problem)
+        if not slide_ready(layer, float(self._mpp_override_edit.value), self._status):
             return
         path, mpp_override = slide_info(layer)
         try:

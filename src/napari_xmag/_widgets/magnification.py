@@ -18,7 +18,6 @@ from napari.layers import Points, Shapes
 
 from napari_xmag import magnification
 from napari_xmag._widgets._common import (
-    apply_mpp_override,
     camera,
     caption_overlay,
     in_scroll_area,
@@ -26,11 +25,11 @@ from napari_xmag._widgets._common import (
     mpp_override_edit,
     slide_info,
     slide_layers,
-    slide_needs_mpp,
+    slide_ready,
     text_label,
 )
 from napari_xmag._widgets._legend import Legend
-from napari_xmag._widgets._task import BackgroundTask, notify
+from napari_xmag._widgets._task import BackgroundTask
 from napari_xmag.slide import SlideError
 
 if TYPE_CHECKING:
@@ -133,14 +132,7 @@ class MagnificationExplorer(Container):
 
     def _show(self, frame: bool) -> None:
         layer = self._slide_edit.value
-        if layer is None:
-            self._status.value = "Open a slide with napari-xmag first."
-            return
-        apply_mpp_override(layer, float(self._mpp_override_edit.value))
-        problem = slide_needs_mpp(layer)
-        if problem:
-            self._status.value = problem
-            notify(problem)
+        if not slide_ready(layer, float(self._mpp_override_edit.value), self._status):
             return
         path, mpp = slide_info(layer)
         translate = tuple(layer.translate[-2:])

@@ -18,6 +18,7 @@ a test); it is validated like ``--precision``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -33,7 +34,10 @@ from .._paths import user_cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CPU_PRECISION_ENV", "CpuInfo", "auto_cpu_precision", "candidate_precision", "cpu_info"]
+__all__ = [
+    "CPU_PRECISION_ENV", "CpuInfo", "auto_cpu_precision", "candidate_precision", "convert_for_cpu",
+    "cpu_info",
+]
 
 CPU_PRECISION_ENV = "XMAG_CPU_PRECISION"
 CACHE_NAME = "cpu-precision.json"
@@ -114,7 +118,6 @@ def probe(candidate: str, repeats: int = 3) -> dict[str, Any]:
     ``candidate``; the best of ``repeats`` each, after a warm-up. ~0.5 s on 2 cores."""
     import torch  # see auto_cpu_precision
 
-    from .precision import convert_for_cpu  # precision imports this module: a cycle at import time
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -159,3 +162,36 @@ def _write_cache(path: Path, data: dict[str, Any]) -> None:
         write_json(path, data, overwrite=True)
     except OSError as err:
         log.debug("could not cache the CPU precision choice in %s: %s", path, err)
+
+
+def convert_for_cpu(module: Any, precision: str) -> Any:
+    """A CPU copy of ``module`` at ``precision`` sharing what it does not convert: bf16 casts
+    the weights (oneDNN/AMX kernels), int8 quantises the Linear layers dynamically."""
+    import torch  # see auto_cpu_precision
+
+    if precision == "int8":
+        lean = _copy_sharing(module)
+        torch.ao.quantization.quantize_dynamic(lean, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        return lean
+    if precision == "bf16":
+        return _copy_sharing(module, torch.bfloat16)
+    return module
+
+
+def _copy_sharing(model: Any, dtype: Any = None) -> Any:
+    """A copy of the module tree whose tensors are the model's own, or cast to ``dtype``.
+
+    ``copy.deepcopy`` would first duplicate every weight (344 MB for ViT-B) only for
+    quantisation to replace the Linear ones; the memo hands deepcopy the tensors to use instead.
+    """
+    import torch  # see auto_cpu_precision
+
+    memo: dict[int, Any] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        if dtype is None or not tensor.is_floating_point():
+            memo[id(tensor)] = tensor
+        elif isinstance(tensor, torch.nn.Parameter):
+            memo[id(tensor)] = torch.nn.Parameter(tensor.detach().to(dtype), requires_grad=False)
+        else:
+            memo[id(tensor)] = tensor.to(dtype)
+    return copy.deepcopy(model, memo)

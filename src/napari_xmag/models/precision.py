@@ -27,12 +27,13 @@ below bf16's resolution, so every patch would get the same class token.
 
 from __future__ import annotations
 
-import copy
 import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+from .cpu_precision import auto_cpu_precision, convert_for_cpu
 
 __all__ = [
     "PRECISIONS",
@@ -90,8 +91,6 @@ def check_precision(precision: str, use: str, device: torch.device | None = None
     accelerator = device.type != "cpu"
     if precision == "auto":
         if not accelerator:
-            from .cpu_precision import auto_cpu_precision  # it imports this module (convert_for_cpu)
-
             chosen = auto_cpu_precision()
             return chosen if use == "inference" or chosen == "bf16" else "fp32"
         import torch  # only with a device, which means torch is in use already
@@ -156,38 +155,5 @@ def prepare_model(model: Any, device: str = "auto", precision: str = "fp32") -> 
     return cached[1], dev, None
 
 
-def convert_for_cpu(module: Any, precision: str) -> Any:
-    """A CPU copy of ``module`` at ``precision`` sharing what it does not convert: bf16 casts
-    the weights (oneDNN/AMX kernels), int8 quantises the Linear layers dynamically."""
-    import torch  # see resolve_device
-
-    if precision == "int8":
-        lean = _copy_sharing(module)
-        torch.ao.quantization.quantize_dynamic(lean, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        return lean
-    if precision == "bf16":
-        return _copy_sharing(module, torch.bfloat16)
-    return module
-
-
 # model -> ((precision, weights version), converted copy); goes with the model
 _PREPARED: weakref.WeakKeyDictionary[Any, tuple[tuple[str, int], Any]] = weakref.WeakKeyDictionary()
-
-
-def _copy_sharing(model: Any, dtype: Any = None) -> Any:
-    """A copy of the module tree whose tensors are the model's own, or cast to ``dtype``.
-
-    ``copy.deepcopy`` would first duplicate every weight (344 MB for ViT-B) only for
-    quantisation to replace the Linear ones; the memo hands deepcopy the tensors to use instead.
-    """
-    import torch  # see resolve_device
-
-    memo: dict[int, Any] = {}
-    for tensor in (*model.parameters(), *model.buffers()):
-        if dtype is None or not tensor.is_floating_point():
-            memo[id(tensor)] = tensor
-        elif isinstance(tensor, torch.nn.Parameter):
-            memo[id(tensor)] = torch.nn.Parameter(tensor.detach().to(dtype), requires_grad=False)
-        else:
-            memo[id(tensor)] = tensor.to(dtype)
-    return copy.deepcopy(model, memo)
