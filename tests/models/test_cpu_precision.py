@@ -61,13 +61,13 @@ def fake_cpu(monkeypatch, tmp_path):
 
 def test_auto_takes_the_candidate_the_probe_confirms_and_caches_it(fake_cpu, tmp_path) -> None:
     use, calls = fake_cpu
-    use(CASCADE_LAKE)
+    use(CASCADE_LAKE, cosine=0.99995)
     assert auto_cpu_precision() == "int8" and calls == ["int8"]
     cache = json.loads((tmp_path / "cache" / "cpu-precision.json").read_text())
     [(key, entry)] = cache.items()
     assert "Fake CPU" in key and "avx512_vnni" in key and "torch" in key
     assert entry["precision"] == "int8" and entry["speedup"] == 2.0
-    use(CASCADE_LAKE)  # a new process on the same machine: the cache answers, no probe
+    use(CASCADE_LAKE, cosine=0.99995)  # a new process on the same machine: the cache answers, no probe
     assert auto_cpu_precision() == "int8" and calls == ["int8"]
     use(SAPPHIRE_RAPIDS)  # another CPU (a shared home folder): its own probe
     assert auto_cpu_precision() == "bf16" and calls == ["int8", "bf16"]
@@ -78,6 +78,16 @@ def test_auto_falls_back_to_fp32_when_the_candidate_is_not_faster_or_not_faithfu
     use, calls = fake_cpu
     use(COOPER_LAKE, **measured)
     assert auto_cpu_precision() == "fp32" and calls == ["bf16"]
+
+
+def test_int8_must_keep_more_of_the_block_than_bf16(fake_cpu) -> None:
+    """One block's cosine 0.9995 (what dynamic int8 keeps) is a whole model's 0.998 on CMU-1:
+    int8 then falls back, where bf16 at the same block cosine is kept."""
+    use, calls = fake_cpu
+    use(CASCADE_LAKE, cosine=0.9995)
+    assert auto_cpu_precision() == "fp32" and calls == ["int8"]
+    use(COOPER_LAKE, cosine=0.9995)
+    assert auto_cpu_precision() == "bf16"
 
 
 def test_no_candidate_no_probe(fake_cpu) -> None:
@@ -105,7 +115,7 @@ def test_check_precision_resolves_auto_per_use(fake_cpu) -> None:
     use(SAPPHIRE_RAPIDS)
     assert check_precision("auto", "inference", cpu) == "bf16"
     assert check_precision("auto", "training", cpu) == "bf16"  # autocast bf16 for distillation
-    use(CASCADE_LAKE)
+    use(CASCADE_LAKE, cosine=0.99995)
     assert check_precision("auto", "inference", cpu) == "int8"
     assert check_precision("auto", "training", cpu) == "fp32"  # int8 does not train
     assert check_precision("fp32", "inference", cpu) == "fp32"

@@ -7,8 +7,9 @@ dynamic quantisation (VNNI) wins; without either, fp32. So the choice is made pe
 1. a candidate from the CPU's flags (``/proc/cpuinfo``): bf16 where ``amx_bf16`` or
    ``avx512_bf16`` is listed, else int8 where VNNI is, else fp32;
 2. confirmed once by a short timed probe (an MLP block of ViT-B's width on a batch of 8 patches'
-   tokens, ~0.5 s): the candidate must beat fp32 by 10% and keep cosine >= 0.999 to it, else
-   fp32;
+   tokens, ~0.5 s): the candidate must beat fp32 by 10% and keep the block's cosine to fp32 at
+   :data:`MIN_COSINE` (bf16 0.999; int8 0.9999, as a whole model loses more than one block),
+   else fp32;
 3. cached in the user cache (``cpu-precision.json``), keyed by CPU model, flags and torch
    version, so later runs decide in microseconds.
 
@@ -44,7 +45,11 @@ CACHE_NAME = "cpu-precision.json"
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 MIN_SPEEDUP = 1.1  # over fp32, for the candidate to be kept
-MIN_COSINE = 0.999  # to fp32's output
+#: Cosine to fp32 the probe's one MLP block must keep for the candidate to be kept. A whole
+#: ViT-B/14 loses more than one block: on CMU-1 bf16 kept 0.99992 (its block 0.99998) and
+#: dynamic int8 0.99818 (its block 0.9995), so int8 must keep 0.9999 on the block for the model
+#: to stay above 0.999 on real tissue (tests/models/test_cpu_precision.py measures both).
+MIN_COSINE = {"bf16": 0.999, "int8": 0.9999}
 CHOICES = ("fp32", "bf16", "int8")
 
 
@@ -105,7 +110,8 @@ def auto_cpu_precision() -> str:
     if isinstance(known.get(key), dict) and known[key].get("precision") in CHOICES:
         return str(known[key]["precision"])
     measured = probe(candidate)
-    choice = candidate if measured["speedup"] >= MIN_SPEEDUP and measured["cosine"] >= MIN_COSINE else "fp32"
+    faithful = measured["cosine"] >= MIN_COSINE[candidate]
+    choice = candidate if measured["speedup"] >= MIN_SPEEDUP and faithful else "fp32"
     log.info("precision auto on this CPU: %s (%s %.2fx fp32, cosine %.5f)", choice, candidate,
              measured["speedup"], measured["cosine"])
     known[key] = {"precision": choice, **measured}
