@@ -519,13 +519,18 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from ._paths import InputFileError, file_problem  # on demand: --help needs no torch
 
     failed: dict[Path, str] = {}
+
+    def refuse(path: Path, err: BaseException, reason: str | None = None) -> None:
+        """One slide's failure: the error itself when it is the only slide, else said and kept."""
+        if len(args.slides) == 1:
+            raise err
+        failed[path] = reason or str(err)
+        _warn(f"xmag embed: {path}: error: {failed[path]}")
+
     for path in args.slides:  # a missing file is said before the (slower) imports below
         problem = file_problem(path)
-        if problem and len(args.slides) == 1:
-            raise InputFileError(f"{path}: {problem}")
         if problem:
-            failed[path] = problem
-            _warn(f"xmag embed: {path}: error: {problem}")
+            refuse(path, InputFileError(f"{path}: {problem}"), problem)
 
     from ._atomic import check_output_folder  # on demand: --help needs no torch
     from .embed import already_done, check_slide
@@ -544,18 +549,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         try:
             check_slide(path, settings)
         except errors as err:
-            if len(args.slides) == 1:
-                raise
-            failed[path] = str(err)
-            _warn(f"xmag embed: {path}: error: {err}")
+            refuse(path, err)
             continue
         todo.append(path)
-    identity = planned_identity(args.model, args.weights) if todo else None
-    if identity is not None:
+    identity = planned_identity(args.model, args.weights) if todo and not args.overwrite else None
+    if identity is not None:  # finished slides skipped before the model is built
         left = []
         for path in todo:
             finished = already_done(path, args.out, identity, settings, fmt=args.format)
-            if finished is None or args.overwrite:
+            if finished is None:
                 left.append(path)
             else:
                 print(finished.summary())
@@ -574,10 +576,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                 result = embed_slide(path, model, args.out, settings, fmt=args.format,
                                      overwrite=args.overwrite, progress=not args.no_progress)
             except errors as err:
-                if len(args.slides) == 1:
-                    raise
-                failed[path] = str(err)
-                _warn(f"xmag embed: {path}: error: {err}")
+                refuse(path, err)
                 continue
             print(result.summary())
             skipped += result.skipped

@@ -179,13 +179,10 @@ def replace_layer(viewer: napari.viewer.Viewer, role_key: str, role: str, slide:
     return list(made) if isinstance(made, list) else [made]
 
 
-def shifted(layer_data: tuple[Any, dict[str, Any], str], offset: np.ndarray, suffix: str = "") -> tuple:
-    """The layer tuple moved by the slide layer's world ``offset``, its name(s) suffixed."""
+def shifted(layer_data: tuple[Any, dict[str, Any], str], offset: np.ndarray) -> tuple:
+    """The layer tuple moved by the slide layer's world ``offset``."""
     data, kwargs, kind = layer_data
     kwargs = dict(kwargs)
     if "translate" in kwargs:
         kwargs["translate"] = tuple(np.asarray(kwargs["translate"], np.float64) + offset)
-    if suffix:
-        name = kwargs.get("name")
-        kwargs["name"] = [f"{n}{suffix}" for n in name] if isinstance(name, list) else f"{name}{suffix}"
     return data, kwargs, kind

@@ -308,9 +308,8 @@ class ComparisonWidget(Container):
         layer = self._owned(role)
         if layer is not None:
             self._viewer.layers.remove(layer)
-        classes = ["background", *(f"cluster {i}" for i in range(1, len(colors) + 1))]
         return self._viewer.add_labels(
             raster.astype(np.int32), name=name, scale=grid.scale, translate=translate,
             units=("um", "um"), opacity=0.6, colormap=cmap, metadata={ROLE: role, "weights_random": random},
-            features={"index": list(range(len(classes))), "class": classes},
+            features=maps.class_features(maps.cluster_names(len(colors))),
         )

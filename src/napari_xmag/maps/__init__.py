@@ -47,6 +47,8 @@ from .slide_map import (
     MapFileError,
     SlideMap,
     WriterError,
+    class_features,
+    cluster_names,
     label_colormap,
     label_colors,
 )
@@ -70,7 +72,9 @@ __all__ = [
     "attention_map",
     "build_grid",
     "cache_info",
+    "class_features",
     "clear_cache",
+    "cluster_names",
     "fit_linear_probe",
     "geojson_layer_data",
     "grid_for_features",

@@ -31,6 +31,7 @@ from .slide_map import (
     MAP_FORMAT_VERSION,
     SlideMap,
     base_metadata,
+    cluster_names,
     label_colors,
     make_map,
     map_name,
@@ -207,7 +208,7 @@ def kmeans_map(source: Source, k: int = 8, *, seed: int = 0, slide_mpp: float | 
     data = rasterize_labels(grid, rows, cols, labels)
     n = int(labels.max(initial=0))
     meta = base_metadata(header, grid, "kmeans", clusters=n, clusters_requested=int(k), seed=int(seed),
-                          classes=[f"cluster {i}" for i in range(1, n + 1)], colors=label_colors(n),
+                          classes=cluster_names(n), colors=label_colors(n),
                           values="k-means cluster, majority of the covering patches")
     return make_map(data, grid, "kmeans", _name(meta, f"k-means (k={n})"), meta)
 

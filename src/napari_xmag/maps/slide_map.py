@@ -68,6 +68,16 @@ def label_colors(n: int) -> list[list[int]]:
     return [PALETTE[i % len(PALETTE)].tolist() for i in range(n)]
 
 
+def cluster_names(n: int) -> list[str]:
+    """The class names of k-means labels 1..n."""
+    return [f"cluster {i}" for i in range(1, n + 1)]
+
+
+def class_features(classes: Sequence[str]) -> dict[str, list[Any]]:
+    """A Labels layer's features table naming label i (from 1) ``classes[i - 1]``; 0 is background."""
+    return {"index": list(range(len(classes) + 1)), "class": ["background", *classes]}
+
+
 def label_colormap(colors: Sequence[Sequence[int]]) -> dict[Any, list[float]]:
     """A napari labels colormap: label ``i`` (from 1) in ``colors[i - 1]`` (RGB 0-255), 0 clear."""
     cmap: dict[Any, list[float]] = {None: [0.0, 0.0, 0.0, 0.0], 0: [0.0, 0.0, 0.0, 0.0]}
@@ -137,8 +147,7 @@ class SlideMap:
         if self.is_labels:
             kw.update(colormap=label_colormap(self.colors), opacity=0.5)
             if self.classes:
-                kw["features"] = {"index": list(range(len(self.classes) + 1)),
-                                  "class": ["background", *self.classes]}
+                kw["features"] = class_features(self.classes)
             return data, kw, "labels"
         if self.rgb:
             # RGBA, transparent where no patch: napari draws NaN RGB as black.
