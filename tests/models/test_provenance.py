@@ -23,6 +23,24 @@ def test_a_saved_random_model_is_still_random(tmp_path, capsys) -> None:
     assert read_features(tmp_path / "cli" / "CMU-1-Small-Region.h5").attrs["weights_random"] is True
 
 
+def test_a_saved_random_model_given_as_the_weights_is_still_random(tmp_path, capsys, monkeypatch) -> None:
+    """``--model xmag --weights FOLDER``: the folder's record counts as it does for ``--model FOLDER``,
+    in the built model, in the plan that skips finished slides, and in the warning."""
+    from napari_xmag.models.plan import declared_random, planned_identity
+
+    folder = save_model(create_model("xmag", weights="random", tiny=True), tmp_path / "saved")
+    assert create_model("xmag", weights=str(folder), tiny=True).weights.random is True
+    assert declared_random("xmag", str(folder)) and declared_random(str(folder))
+    monkeypatch.setenv("XMAG_MODELS", "tiny-random")  # tiny architectures; the folder is the weights
+    assert planned_identity("xmag", str(folder))["weights_random"] is True
+    out = tmp_path / "cli"
+    assert main(["embed", str(CMU1.path), "--weights", str(folder), "--out", str(out), "--no-progress"]) == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+    assert read_features(out / "CMU-1-Small-Region.h5").attrs["weights_random"] is True
+    assert main(["embed", str(CMU1.path), "--weights", str(folder), "--out", str(out), "--no-progress"]) == 0
+    assert "already done" in capsys.readouterr().out  # the plan agrees with what the model wrote
+
+
 def test_a_model_saved_from_real_weights_is_not_random(tmp_path) -> None:
     import torch
 

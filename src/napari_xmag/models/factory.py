@@ -24,7 +24,7 @@ from torch import nn
 
 from .convert import convert_checkpoint
 from .files import WeightsError, find_weights_file, load_checkpoint, sha256_file, tensors_sha256
-from .folder import CONFIG_NAME, WEIGHTS_NAME, read_model_config
+from .folder import CONFIG_NAME, WEIGHTS_NAME, read_model_config, records_random
 from .heads import build_heads
 from .hub import HUB_PREFIX, download_from_hub, snapshot_revision
 from .model import XmagModel
@@ -327,10 +327,9 @@ def create_model(
             else:
                 head_modules = None
         # a folder that records random weights (saved from a random model, or distilled from a
-        # random teacher) stays random, though its weights now come from a file
-        derived_from = config.get("derived_from")
-        derived: dict[str, Any] = derived_from if isinstance(derived_from, dict) else {}
-        derived_random = bool(config.get("weights_random") or derived.get("random"))
+        # random teacher) stays random, though its weights now come from a file: whether it was
+        # given as the model or as the weights
+        derived_random = records_random(config) or records_random(read_model_config(file.parent))
         info = WeightsInfo(source, sha256_file(file), derived_random, path=str(file), heads=heads_origin,
                            location=converted.location, tensors_sha256=tensors_sha256(file),
                            revision=snapshot_revision(file))

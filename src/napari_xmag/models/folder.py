@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,15 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
             raise WeightsError(f"{path} names model {config['model']!r}, which is not registered") from None
         return None
     return config
+
+
+def records_random(config: Mapping[str, Any] | None) -> bool:
+    """Whether a model folder's config records random weights: saved from a random model, or
+    distilled from a random teacher or start. Such weights stay random when loaded."""
+    if not isinstance(config, Mapping):
+        return False
+    derived = config.get("derived_from")
+    return bool(config.get("weights_random") or (isinstance(derived, Mapping) and derived.get("random")))
 
 
 def save_model(model: Any, folder: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import WeightsError, find_weights_file, load_checkpoint
-from .folder import CONFIG_FORMAT
+from .folder import CONFIG_FORMAT, records_random
 from .registry import get_spec, list_models
 
 __all__ = ["inspect_weights", "zoo_table"]
@@ -71,7 +71,7 @@ def inspect_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
         config = read_small_json(p / "config.json", limit=16 << 20)
         if isinstance(config, dict) and config.get("format") == CONFIG_FORMAT:
             report["kind"] = (f"napari-xmag model folder: {config.get('model')}"
-                              f"{' (random weights)' if config.get('weights_random') else ''}")
+                              f"{' (random weights)' if records_random(config) else ''}")
         elif isinstance(config, dict) and (config.get("model_type") or config.get("architectures")):
             code = config.get("auto_map")
             named = sorted(code.values()) if isinstance(code, dict) else code

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import tensors_sha256
+from .folder import read_model_config, records_random
 from .hub import HUB_PREFIX
 from .registry import UnknownModelError, get_spec
 from .weights import resolve_weights
@@ -69,7 +70,7 @@ def planned_identity(name_or_path: str | os.PathLike[str], weights: str | os.Pat
         # the tensors' hash identifies the weights (the file's, ``weights_sha256``, is left to the
         # built model: hashing both would read the weights twice to skip a finished slide)
         "weights_tensors_sha256": tensors_sha256(file) if file is not None else "",
-        "weights_random": file is None,
+        "weights_random": file is None or records_random(read_model_config(file.parent)),
     }
 
 
@@ -79,12 +80,5 @@ def declared_random(name_or_path: str | os.PathLike[str], weights: str | os.Path
     random weights (saved from a random model, or distilled from a random teacher)."""
     if weights == "random" or (tiny_random_models() and not is_local(name_or_path)):
         return True
-    from .._atomic import read_small_json  # on demand: plan is imported by the light CLI paths
-
-    folder = Path(os.fspath(name_or_path)).expanduser()
-    config = read_small_json(folder / "config.json", limit=16 << 20) if folder.is_dir() else None
-    if not isinstance(config, dict):
-        return False
-    derived_from = config.get("derived_from")
-    derived: dict[str, Any] = derived_from if isinstance(derived_from, dict) else {}
-    return bool(config.get("weights_random") or derived.get("random"))
+    folders = [Path(os.fspath(ref)).expanduser() for ref in (name_or_path, weights) if ref != "auto"]
+    return any(records_random(read_model_config(f)) for f in folders if f.is_dir())
