@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_info, _add_sample, _add_models, _add_embed, _add_batch, _add_compare, _add_eval,
-                _add_finetune, _add_distill, _add_maps, _add_demo):
+                _add_finetune, _add_distill, _add_maps, _add_search, _add_demo):
         add(sub)
     return parser
 
@@ -80,6 +80,16 @@ def _output_options(p: argparse.ArgumentParser, what: str, overwrite: str, *, re
     """--out and --overwrite."""
     p.add_argument("--out", type=Path, required=required, default=None, help=what)
     p.add_argument("--overwrite", action="store_true", help=overwrite)
+
+
+def _stain_options(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """--stain-norm and --stain-reference: a slide's stain brought to a reference's (stain.py)."""
+    p.add_argument("--stain-norm", default="none" if defaults else None,
+                   choices=("none", "macenko", "reinhard"),
+                   help="normalise each slide's stain to a reference, fitted once per slide on its tissue"
+                   " (default: none)")
+    p.add_argument("--stain-reference", default=None, metavar="IMAGE",
+                   help="the reference image for --stain-norm (default: the bundled H&E reference)")
 
 
 def _progress_option(p: argparse.ArgumentParser) -> None:
@@ -128,11 +138,7 @@ def _embed_options(p: argparse.ArgumentParser) -> None:
                      " run fastest, 64 on a GPU)")
     p.add_argument("--format", default="h5", choices=["h5", "zarr"])
     p.add_argument("--tokens", action="store_true", help="also keep patch-token grids (zarr)")
-    p.add_argument("--stain-norm", default="none", choices=("none", "macenko", "reinhard"),
-                   help="normalise each slide's stain to a reference before embedding, fitted once per"
-                   " slide on its tissue (default: none)")
-    p.add_argument("--stain-reference", default=None, metavar="IMAGE",
-                   help="the reference image for --stain-norm (default: the bundled H&E reference)")
+    _stain_options(p)
     p.add_argument("--allow-non-he", action="store_true",
                    help="embed slides that do not look like stained brightfield tissue (a dark,"
                    " fluorescence background), with a warning; refused otherwise")
@@ -267,13 +273,28 @@ def _add_distill(sub: Any) -> None:
                     required=False)
     p.add_argument("--config", type=Path, default=None, metavar="JSON",
                    help="a TrainConfig as JSON; the options given here override it")
+    p.add_argument("--recipe", default=None, choices=["xmag", "official"],
+                   help="the settings to start from: xmag (ours, default) or official (the released"
+                   " trainer's:"
+                   " batch 1152, linear warm-up over the run, jitter p=0.5 torchvision-style, Lanczos 5x,"
+                   " constant EMA, decay on every parameter, DINOv2 start; docs/distillation.md); the"
+                   " options given here override it")
     _model_options(p, "teacher", None)
     _model_options(p, "student", None)
     p.add_argument("--epochs", type=int, default=None, help="default: 10")
-    p.add_argument("--steps", type=int, default=None, help="total steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, default=None, help="default: 5e-4")
+    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides --epochs)")
+    p.add_argument("--effective-batch", type=int, default=None, metavar="PAIRS",
+                   help="pairs per optimiser step over all processes (default: --batch-size x processes;"
+                   " official: 1152)")
+    p.add_argument("--batch-scaling", default=None, choices=["accumulate", "lr"],
+                   help="reach --effective-batch by gradient accumulation (default) or by scaling --lr to"
+                   " the real batch")
+    p.add_argument("--lr", type=float, default=None, help="at the effective batch (default: 5e-4)")
     p.add_argument("--weight-decay", type=float, default=None, help="default: 0.05")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 5%% of the run")
+    p.add_argument("--schedule", default=None, choices=["warmup-cosine", "linear"],
+                   help="warm-up then cosine (default) or the released linear warm-up")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="default: 5%% of the run (warmup-cosine), all of it (linear)")
     p.add_argument("--ema-decay", type=float, default=None, help="default: 0.999")
     p.add_argument("--clip-grad", type=float, default=None, help="default: 1.0")
     p.add_argument("--seed", type=int, default=None, help="default: 0")
@@ -283,8 +304,14 @@ def _add_distill(sub: Any) -> None:
                    help="5x image read from the slide (default) or the 20x region downsampled")
     p.add_argument("--no-flips", dest="flips", action="store_false", default=None)
     p.add_argument("--no-jitter", dest="jitter", action="store_false", default=None)
+    p.add_argument("--jitter-p", type=float, default=None, metavar="P",
+                   help="chance a view's colours are augmented (default: 1; official: 0.5)")
+    p.add_argument("--stain-augment", type=float, default=None, metavar="SIGMA",
+                   help="HED stain augmentation strength, e.g. 0.05 (default: 0, off)")
+    _stain_options(p, defaults=False)
     p.add_argument("--cache", default=None, metavar="ZARR",
-                   help="teacher-target cache, built on first use (runs without colour jitter)")
+                   help="teacher-target cache, built on first use (jittered views run the teacher live; our"
+                   " recipe turns jitter off with a cache unless --jitter-p is below 1)")
     p.add_argument("--cache-in-memory", action="store_true", default=None,
                    help="read the whole teacher cache into RAM (small caches)")
     p.add_argument("--holdout", type=float, default=None,
@@ -328,6 +355,42 @@ def _add_maps(sub: Any) -> None:
     p.add_argument("--slide-mpp", type=float, default=None, metavar="UM",
                    help="the slide's level-0 µm/px, for features files that do not record it")
     p.set_defaults(func=_cmd_maps)
+
+
+def _add_search(sub: Any) -> None:
+    p = sub.add_parser(
+        "search", help="find the tissue most like a query region in a folder of feature files",
+        description="Query by example: the cosine similarity of every patch of FEATURES_DIR (an xmag"
+        " embed or xmag batch output) to a query; the top K are printed and written as CSV. The query"
+        " is a QUERY.json (from --save-query), or made from --slide at --x, --y (level-0 px): the patch"
+        " under the point, or with --size the patches of a square of that side centred there. A first"
+        " search caches a normalised copy of the features (--cache); later ones read only that.",
+    )
+    p.add_argument("query", type=Path, nargs="?", default=None, metavar="QUERY.json",
+                   help="a saved query (or give --slide, --x and --y)")
+    p.add_argument("features_dir", type=Path, metavar="FEATURES_DIR",
+                   help="folder of <slide>.h5 / .zarr feature files, all of one model")
+    p.add_argument("--slide", type=Path, default=None, metavar="S",
+                   help="the query's slide (its features are looked up in FEATURES_DIR) or features file")
+    p.add_argument("--x", type=float, default=None, help="level-0 x of the query's centre")
+    p.add_argument("--y", type=float, default=None, help="level-0 y of the query's centre")
+    p.add_argument("--size", type=float, default=None, metavar="UM",
+                   help="side of a square query region in µm centred on (x, y) (default: the patch under"
+                   " the point)")
+    p.add_argument("--mode", default="mean", choices=("mean", "prototypes"),
+                   help="mean: one query, the region's mean embedding (default); prototypes: a patch's"
+                   " score is its best cosine to any patch of the region")
+    p.add_argument("--top", type=int, default=10, metavar="K", help="hits to list (default: 10)")
+    p.add_argument("--index", default="auto", choices=("auto", "exact", "faiss"),
+                   help="auto (default): exact, or the faiss index (napari-xmag[search]) past 1e9 values;"
+                   " listed scores are exact either way")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="where the normalised features (and the index) are kept (default: the user cache)")
+    _output_options(p, "the CSV of the hits (default: ./search-<slide>-<x>-<y>.csv)",
+                    "replace a file at --out or --save-query that napari-xmag did not write", required=False)
+    p.add_argument("--save-query", type=Path, default=None, metavar="QUERY.json",
+                   help="also save the query, to search with it again")
+    p.set_defaults(func=_cmd_search)
 
 
 def _add_demo(sub: Any) -> None:
@@ -684,11 +747,19 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     names = (
         "teacher", "teacher_weights", "student", "student_weights", "epochs", "steps", "batch_size",
-        "lr", "weight_decay", "warmup_steps", "ema_decay", "clip_grad", "seed", "stride",
-        "five_x_source", "flips", "jitter", "cache", "cache_in_memory", "holdout", "eval_every", "device",
+        "effective_batch", "batch_scaling", "lr", "weight_decay", "schedule", "warmup_steps", "ema_decay",
+        "clip_grad", "seed", "stride", "five_x_source", "flips", "jitter", "jitter_p", "stain_augment",
+        "stain_norm", "stain_reference", "cache", "cache_in_memory", "holdout", "eval_every", "device",
         "precision", "num_workers", "checkpoint_every", "log_every", "progress",
     )
     options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.recipe is not None:  # the recipe's settings, under what was given
+        from .distill.recipes import recipe_options
+
+        if args.config is not None:
+            raise ValueError("give --recipe or --config, not both: a config holds every setting already")
+
+        options = {**recipe_options(args.recipe), **options}
     if args.slides:
         options["slides"] = [str(p) for p in args.slides] if len(args.slides) > 1 else args.slides[0]
     if args.out is not None:
@@ -760,6 +831,48 @@ def _check_not_an_input(out: Path, *inputs: Path | None) -> None:
             target.samefile(source) or source.is_relative_to(target)
         ):
             raise ValueError(f"{out}: is the input {given}; write the output elsewhere")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from ._atomic import check_target  # on demand: --help needs no torch
+    from .provenance import random_weights_warning
+    from .search import (
+        HITS_CSV_KIND,
+        QUERY_KIND,
+        Query,
+        default_csv_name,
+        features_files,
+        query_from_region,
+        search_folder,
+        slide_features,
+        write_hits_csv,
+    )
+
+    features_files(args.features_dir)  # a missing folder, or one without features, first
+    point = (args.slide, args.x, args.y)
+    if args.query is not None:
+        if any(v is not None for v in point) or args.size is not None:
+            raise ValueError("give a QUERY.json or --slide, --x and --y, not both")
+        query = Query.load(args.query)
+    elif None in point:
+        raise ValueError("give a QUERY.json, or --slide S --x X --y Y (level-0 px) to make the query")
+    else:
+        source = slide_features(args.slide, args.features_dir)
+        query = query_from_region(source, args.x, args.y, size_um=args.size, mode=args.mode)
+    out = args.out or Path(default_csv_name(query))
+    check_target(out, HITS_CSV_KIND, args.overwrite)  # before the folder is read
+    if args.save_query is not None:
+        check_target(args.save_query, QUERY_KIND, args.overwrite)
+    result = search_folder(args.features_dir, query, args.top, cache_dir=args.cache, index=args.index)
+    if query.model.get("weights_random"):
+        _warn(random_weights_warning("the features, and so the similarities,"))
+    print(result.table())
+    write_hits_csv(out, result.hits, overwrite=args.overwrite)
+    if args.save_query is not None:
+        query.save(args.save_query, overwrite=args.overwrite)
+        print(f"query ({query.mode}, {len(query.vectors)} vector(s)) -> {args.save_query}")
+    print(f"{result.summary()} -> {out}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

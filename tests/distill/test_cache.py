@@ -42,8 +42,24 @@ def test_cache_holds_the_teacher_of_each_flip_variant(few_pairs, tmp_path) -> No
         np.testing.assert_array_equal(target, cache.targets(5, [v.variant])[0])
     with pytest.raises(ValueError, match="whole PairIndex"):
         build_teacher_cache(tmp_path / "d.zarr", subset, teacher)
-    with pytest.raises(ValueError, match="jitter"):
-        PairDataset(few_pairs, jitter=True, cache=cache)
+    # with jitter the cache serves the views it holds; a jittered view comes with its crops,
+    # exactly as an uncached dataset makes them, for the live teacher
+    for style in ("shared", "torchvision"):
+        kw = {"views": 4, "flips": True, "jitter": True, "jitter_p": 0.5, "seed": 2, "jitter_style": style}
+        cached, uncached = PairDataset(few_pairs, cache=cache, **kw), PairDataset(few_pairs, **kw)
+        live_views = 0
+        for position in range(4):
+            a, b = cached[(position, 0)], uncached[(position, 0)]
+            np.testing.assert_array_equal(a["student"], b["student"])
+            for k, view in enumerate(cached.draw(position, 0)):
+                assert a["live"][k] == view.jittered
+                if view.jittered:
+                    np.testing.assert_array_equal(a["teacher"][k], b["teacher"][k])
+                    live_views += 1
+                else:
+                    assert not a["teacher"][k].any()
+                    np.testing.assert_array_equal(a["target"][k], cache.targets(position, [view.variant])[0])
+        assert 0 < live_views < 16
     other = create_model("uni2-h", weights="random", tiny=True)  # same name, other architecture
     from napari_xmag.provenance import model_identity
 

@@ -34,8 +34,10 @@ def test_config_errors_are_clear(tmp_path) -> None:
     mpp.write_text(f"slide,mpp_override\n{CMU1.path},fast\n")
     with pytest.raises(SlideListError, match="mpp_override 'fast'"):
         TrainConfig(slides=mpp, out_dir=tmp_path / "o")
-    with pytest.raises(ValueError, match="jitter=True cannot be used with a teacher cache"):
-        TrainConfig(slides=[CMU1.path], out_dir=tmp_path / "o", cache=tmp_path / "c.zarr", jitter=True)
+    with pytest.raises(ValueError, match="jitter_p is a probability"):
+        TrainConfig(slides=[CMU1.path], out_dir=tmp_path / "o", jitter_p=1.5)
+    with pytest.raises(ValueError, match="not a whole number of batches of 48"):
+        TrainConfig(slides=[CMU1.path], out_dir=tmp_path / "o", effective_batch=100, batch_size=48)
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(slides=[CMU1.path], out_dir=tmp_path / "o", precision="fp8")
 

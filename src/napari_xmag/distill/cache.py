@@ -9,11 +9,13 @@ augmentation changes its input:
   flipped region. That is 4 teacher passes per pair, once. A cache built with
   ``flips=False`` stores the un-flipped variant only (``(N, 1, n*n, D)``, a quarter of the
   cost) and can only serve runs without flips.
-- **Colour jitter** is continuous and cannot be cached exactly. Cached runs drop it (the
-  dataset refuses jitter with a cache): the student and the teacher then see the same
-  un-jittered colours, as in the paper's objective without its colour jitter. Training the
-  jittered student against un-jittered targets would be another objective (colour
-  invariance), so it is not offered silently.
+- **Colour jitter** is continuous and cannot be cached. The cache serves the views that are
+  not jittered; a jittered view's targets come from the live teacher on its jittered crops
+  (the dataset reads the region for it and marks it ``live``), so every target is exact. With
+  the released jitter chance of 0.5, half the views need no teacher. At our default chance
+  of 1 every view would be live, so a cached run of our recipe trains without jitter unless
+  asked (``jitter=None``); jittering the student alone against un-jittered targets would be
+  another objective (colour invariance) and is never done.
 
 ``student`` holds the un-augmented 5x image of each pair ``(N, S, S, 3)`` uint8, so that a
 cached epoch never opens a slide (``images=False`` leaves it out: fine-tuning reads its patches
@@ -234,7 +236,7 @@ def build_teacher_cache(
                 "crop_size": index.settings.crop_size,
                 "five_x_source": index.settings.five_x_source,
                 "dtype": "float16",
-                "jitter": "none: cached targets are un-jittered; cached runs train without colour jitter",
+                "jitter": "none: cached targets are un-jittered; jittered views run the teacher live",
             })
     finally:
         bar(None)

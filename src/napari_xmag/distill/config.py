@@ -1,9 +1,10 @@
 """The configuration of a distillation run: :class:`TrainConfig`.
 
 Plain data (JSON round-trip), checked when made, so a typo fails before any slide is read.
-The defaults are the released XMAG recipe: UNI2-h at 20x into the XMAG student
+The defaults are our recipe (``recipe="xmag"``): UNI2-h at 20x into the XMAG student
 (DINOv2 ViT-B/14) at 5x, AdamW lr 5e-4, weight decay 0.05, EMA 0.999, gradient clipping 1.0,
-two views with shared flips and colour jitter.
+two views with shared flips and colour jitter. ``TrainConfig.from_recipe("official", ...)``
+starts from the released trainer's settings instead (:mod:`~napari_xmag.distill.recipes`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 from .._paths import MAX_LIST_BYTES, file_problem
 from ..models.factory import check_overrides
 from ..models.precision import check_precision
-from .pairs import FIVE_X_SOURCES, PairSettings, SlideEntry, read_slide_list
+from .optim import SCHEDULES
+from .pairs import FIVE_X_SOURCES, PairSettings, SlideEntry, check_jitter, read_slide_list
+from .recipes import BATCH_SCALINGS, recipe_options
 
 __all__ = ["CONFIG_FORMAT", "RUNTIME_FIELDS", "TrainConfig"]
 
@@ -46,20 +49,31 @@ class TrainConfig:
     student_tiny: bool = False
     student_overrides: dict[str, Any] = field(default_factory=dict)
 
+    recipe: str = "xmag"  # what the defaults came from: "xmag" (ours) or "official" (from_recipe)
     epochs: int = 10
     steps: int | None = None  # total optimiser steps; overrides epochs
-    batch_size: int = 32  # pairs per step per process; each gives `views` samples
-    lr: float = 5e-4
+    batch_size: int = 32  # pairs per forward per process; each gives `views` samples
+    # pairs per optimiser step over all processes; None: batch_size x processes. Reached by
+    # gradient accumulation, or (batch_scaling="lr") by scaling lr by the real batch / this one
+    effective_batch: int | None = None
+    batch_scaling: str = "accumulate"
+    lr: float = 5e-4  # at effective_batch
     min_lr: float = 1e-6
     weight_decay: float = 0.05
-    warmup_steps: int | None = None  # None: 5% of the run
+    decay_all: bool = False  # weight decay on every parameter, biases and norms too (released)
+    schedule: str = "warmup-cosine"  # or "linear" (released; see optim.py)
+    warmup_steps: int | None = None  # None: 5% of the run (warmup-cosine), all of it (linear)
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # timm's EMA warm-up; False: the constant decay from step 1 (released)
     clip_grad: float | None = 1.0
     seed: int = 0
 
     views: int = 2
     flips: bool = True
     jitter: bool | None = None  # None: on without a cache, off with one (see cache.py)
+    jitter_p: float = 1.0  # chance a view is jittered (released: 0.5)
+    jitter_style: str = "shared"  # or "torchvision" (released; see augment.py)
+    stain_augment: float = 0.0  # HED stain augmentation strength (sigma; 0.05 is "HED-light")
 
     student_mpp: float = 2.0
     teacher_mpp: float = 0.5
@@ -68,6 +82,8 @@ class TrainConfig:
     stride: int | None = None  # 5x px; None = patch_size (no overlap)
     min_tissue: float = 0.25
     five_x_source: str = "read"
+    stain_norm: str = "none"  # none, macenko or reinhard: both magnifications, fitted once per slide
+    stain_reference: str | None = None  # an image to normalise to; None: the bundled default
 
     cache: Path | None = None  # teacher cache (zarr); built on first use
     cache_in_memory: bool = False  # read the whole cache into RAM (small caches, CPU runs)
@@ -129,16 +145,50 @@ class TrainConfig:
             raise ValueError(f"five_x_source must be one of {FIVE_X_SOURCES}, not {self.five_x_source!r}")
         check_overrides(self.teacher_overrides, "teacher_overrides")  # before any slide is read
         check_overrides(self.student_overrides, "student_overrides")
-        if self.cache is not None and self.jitter:
-            raise ValueError(
-                "jitter=True cannot be used with a teacher cache: colour jitter changes the teacher's"
-                " output, and the cache holds un-jittered targets. Drop the cache or the jitter."
-            )
+        check_jitter(self.jitter_p, self.jitter_style)
+        if not 0 <= self.stain_augment < 1:
+            raise ValueError(f"stain_augment is a strength in [0, 1), got {self.stain_augment!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, not {self.schedule!r}")
+        if self.batch_scaling not in BATCH_SCALINGS:
+            raise ValueError(f"batch_scaling must be one of {BATCH_SCALINGS}, not {self.batch_scaling!r}")
+        if self.effective_batch is not None and not (isinstance(self.effective_batch, int)
+                                                     and self.effective_batch >= 1):
+            raise ValueError(f"effective_batch must be a positive integer or None: {self.effective_batch!r}")
+        self.accumulation(1)  # an effective batch that no batch_size divides fails now
 
     # ---- derived -------------------------------------------------------------------------
     @property
     def use_jitter(self) -> bool:
-        return self.cache is None if self.jitter is None else bool(self.jitter)
+        """Colour jitter on? ``jitter=None``: on without a cache; with one only when ``jitter_p < 1``
+        (at 1 the cache could serve no view: every one would run the teacher)."""
+        if self.jitter is None:
+            return self.cache is None or self.jitter_p < 1
+        return bool(self.jitter)
+
+    def accumulation(self, world_size: int) -> int:
+        """Forward passes per optimiser step on ``world_size`` processes."""
+        real = self.batch_size * world_size
+        if self.effective_batch is None or self.batch_scaling == "lr" or self.effective_batch == real:
+            return 1
+        if self.effective_batch % real:
+            raise ValueError(
+                f"an effective batch of {self.effective_batch} pairs is not a whole number of batches of"
+                f" {self.batch_size} pairs x {world_size} process(es); choose a batch size that divides"
+                " it, or batch_scaling='lr'"
+            )
+        return self.effective_batch // real
+
+    def step_lr(self, world_size: int) -> float:
+        """The peak learning rate: ``lr``, scaled linearly to the real batch if ``batch_scaling='lr'``."""
+        if self.effective_batch is None or self.batch_scaling != "lr":
+            return self.lr
+        return self.lr * self.batch_size * world_size / self.effective_batch
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **options: Any) -> TrainConfig:
+        """A configuration that starts from ``recipe`` ("xmag" or "official"); ``options`` win."""
+        return cls(**{**recipe_options(recipe), **options})
 
     def slide_entries(self) -> list[SlideEntry]:
         return read_slide_list(self.slides)
@@ -147,7 +197,8 @@ class TrainConfig:
         return PairSettings(
             student_mpp=self.student_mpp, teacher_mpp=self.teacher_mpp, patch_size=self.patch_size,
             crop_size=self.crop_size, stride=self.stride, min_tissue=self.min_tissue,
-            five_x_source=self.five_x_source,
+            five_x_source=self.five_x_source, stain_norm=self.stain_norm,
+            stain_reference=self.stain_reference,
         )
 
     # ---- plain data ----------------------------------------------------------------------

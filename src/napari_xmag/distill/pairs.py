@@ -26,8 +26,9 @@ from torch.utils.data import Dataset
 
 from ..slide import Slide, parse_mpp
 from ..slide_list import SlideEntry, SlideListError, find_slides
+from ..stain import STAIN_METHODS, StainNormalizer, fit_stain_normalizer
 from ..tiling import PairGeometry, slide_pairs
-from .augment import View, apply_view, draw_views, grey_level, view_rng
+from .augment import JITTER_STYLES, View, apply_view, draw_views, grey_level, view_rng
 
 __all__ = [
     "FIVE_X_SOURCES",
@@ -36,6 +37,7 @@ __all__ = [
     "PairSettings",
     "SlideEntry",
     "SlideListError",
+    "check_jitter",
     "read_pair",
     "read_slide_list",
 ]
@@ -80,12 +82,16 @@ class PairSettings:
     stride: int | None = None  # student px between neighbouring patches; None = patch_size
     min_tissue: float = 0.25
     five_x_source: str = "read"
+    stain_norm: str = "none"  # none, macenko or reinhard: both images of a pair, fitted per slide
+    stain_reference: str | None = None  # an image to normalise to; None: the bundled default
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "student_mpp", parse_mpp(self.student_mpp))
         object.__setattr__(self, "teacher_mpp", parse_mpp(self.teacher_mpp))
         if self.five_x_source not in FIVE_X_SOURCES:
             raise ValueError(f"five_x_source must be one of {FIVE_X_SOURCES}, not {self.five_x_source!r}")
+        if self.stain_norm not in STAIN_METHODS:
+            raise ValueError(f"stain_norm must be one of {', '.join(STAIN_METHODS)}, not {self.stain_norm!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,10 +108,13 @@ class PairIndex:
     slide: np.ndarray  # (N,) int32 slide number
     coords: np.ndarray  # (N, 2) int64 level-0 x, y of the field of view
     rows: np.ndarray = field(default=None)  # type: ignore[assignment]  # (N,) int64
+    normalizers: tuple[StainNormalizer | None, ...] = ()  # one per slide, fitted once at build
 
     def __post_init__(self) -> None:
         if self.rows is None:
             object.__setattr__(self, "rows", np.arange(len(self.coords), dtype=np.int64))
+        if not self.normalizers:
+            object.__setattr__(self, "normalizers", (None,) * len(self.slides))
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -118,7 +127,7 @@ class PairIndex:
     def build(cls, slides: Sequence[SlideEntry], settings: PairSettings | None = None) -> PairIndex:
         """Tissue mask, 5x grid and pairing geometry of each slide (each opened once, here)."""
         settings = settings or PairSettings()
-        geometries, slide_numbers, coords = [], [], []
+        geometries, slide_numbers, coords, normalizers = [], [], [], []
         for number, entry in enumerate(slides):
             with Slide(entry.path, mpp=entry.mpp_override) as slide:
                 slide.require_mpp("its 5x and 20x fields cannot be paired (give it an mpp_override: a"
@@ -129,19 +138,21 @@ class PairIndex:
                 )
                 grid = paired.grid
                 geometries.append(paired.pairs)
+                normalizers.append(fit_stain_normalizer(slide, settings.stain_norm, settings.stain_reference))
             slide_numbers.append(np.full(len(grid), number, np.int32))
             coords.append(grid.coords.astype(np.int64))
         return cls(
             tuple(slides), tuple(geometries), settings,
             np.concatenate(slide_numbers) if slide_numbers else np.zeros(0, np.int32),
             np.concatenate(coords) if coords else np.zeros((0, 2), np.int64),
+            normalizers=tuple(normalizers),
         )
 
     def subset(self, positions: np.ndarray | Sequence[int]) -> PairIndex:
         positions = np.asarray(positions, dtype=np.int64)
         return PairIndex(
             self.slides, self.geometries, self.settings,
-            self.slide[positions], self.coords[positions], self.rows[positions],
+            self.slide[positions], self.coords[positions], self.rows[positions], self.normalizers,
         )
 
     def fingerprint(self) -> str:
@@ -149,20 +160,42 @@ class PairIndex:
         h = hashlib.sha256()
         for entry in self.slides:
             h.update(f"{entry.path.resolve()}|{entry.mpp_override}\n".encode())
-        h.update(repr(sorted(asdict(self.settings).items())).encode())
+        # settings at their defaults from before stain normalisation leave the hash as it was,
+        # so caches built then stay valid
+        settings = {k: v for k, v in asdict(self.settings).items()
+                    if not (k in ("stain_norm", "stain_reference") and v in ("none", None))}
+        h.update(repr(sorted(settings.items())).encode())
         h.update(np.ascontiguousarray(self.slide, dtype="<i4").tobytes())
         h.update(np.ascontiguousarray(self.coords, dtype="<i8").tobytes())
         return h.hexdigest()
 
 
-def read_pair(
-    slide: Slide, geometry: PairGeometry, x: int, y: int, five_x_source: str = "read"
-) -> tuple[np.ndarray, np.ndarray]:
-    """The student image (S, S, 3) and the teacher region (R, R, 3) of the field at ``(x, y)``."""
+def check_jitter(jitter_p: float, jitter_style: str) -> None:
+    if not 0 <= jitter_p <= 1:
+        raise ValueError(f"jitter_p is a probability in [0, 1], got {jitter_p!r}")
+    if jitter_style not in JITTER_STYLES:
+        raise ValueError(f"jitter_style must be one of {JITTER_STYLES}, not {jitter_style!r}")
+
+
+def read_region(slide: Slide, geometry: PairGeometry, x: int, y: int,
+                normalizer: StainNormalizer | None = None) -> np.ndarray:
+    """The teacher region (R, R, 3) of the field at ``(x, y)``, stain-normalised when asked."""
     region = slide.read_region(*geometry.region(x, y), mpp=geometry.teacher_mpp).image
+    return normalizer(region) if normalizer is not None else region
+
+
+def read_pair(
+    slide: Slide, geometry: PairGeometry, x: int, y: int, five_x_source: str = "read",
+    normalizer: StainNormalizer | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The student image (S, S, 3) and the teacher region (R, R, 3) of the field at ``(x, y)``,
+    stain-normalised by ``normalizer`` (the slide's) when given."""
+    region = read_region(slide, geometry, x, y, normalizer)
     size = geometry.student_patch_size
     if five_x_source == "read":
         student = slide.read_region(x, y, size, mpp=geometry.student_mpp).image
+        if normalizer is not None:
+            student = normalizer(student)
     else:  # the paper's way: the 20x region reduced to 5x
         student = np.asarray(Image.fromarray(region).resize((size, size), Image.Resampling.LANCZOS))
     return student, region
@@ -178,11 +211,15 @@ class PairDataset(Dataset):
     - ``teacher``: (V, n*n, C, C, 3) uint8, the teacher crops, row-major in each view's frame;
       or, with a teacher ``cache``, ``target``: (V, n*n, D) float32, the cached teacher CLS of
       each view's flip variant (the student images then come from the cache too);
+    - with a cache and jitter, also ``live``: (V,) bool, the jittered views, whose targets the
+      cache cannot hold: for those ``teacher`` has the jittered crops (zeros elsewhere) and the
+      trainer runs the teacher on them, so every target stays exact;
     - ``index``, ``row``, ``slide``, ``coords``.
 
-    With a cache, colour jitter is impossible (the cached targets are un-jittered), so
-    ``jitter`` must be False. ``fixed_views`` replaces the random views by the same list for
-    every item (the cache builder asks for the four flip variants).
+    ``jitter_p`` is the chance each view's colours are augmented, ``jitter_style`` how, and
+    ``stain_sigma`` the strength of stain augmentation (see :mod:`~napari_xmag.distill.augment`).
+    ``fixed_views`` replaces the random views by the same
+    list for every item (the cache builder asks for the four flip variants).
     """
 
     def __init__(
@@ -195,20 +232,22 @@ class PairDataset(Dataset):
         seed: int = 0,
         cache: Any = None,
         fixed_views: Sequence[View] | None = None,
+        jitter_p: float = 1.0,
+        jitter_style: str = "shared",
+        stain_sigma: float = 0.0,
     ) -> None:
         if views < 1:
             raise ValueError(f"views must be at least 1, got {views}")
-        if cache is not None and jitter:
-            raise ValueError(
-                "colour jitter cannot be used with a teacher cache: the cache holds un-jittered"
-                " teacher targets; train without jitter or without the cache"
-            )
+        check_jitter(jitter_p, jitter_style)
         if cache is not None and flips and cache.variants < 4:
             raise ValueError(f"{cache.path}: the cache was built without flip variants; train without flips")
         self.index = index
         self.views = views
         self.flips = flips
         self.jitter = jitter
+        self.jitter_p = jitter_p
+        self.jitter_style = jitter_style
+        self.stain_sigma = stain_sigma
         self.seed = seed
         self.cache = cache
         self.fixed_views = list(fixed_views) if fixed_views is not None else None
@@ -245,7 +284,8 @@ class PairDataset(Dataset):
         if self.fixed_views is not None:
             return self.fixed_views
         rng = view_rng(self.seed, epoch, int(self.index.rows[position]))
-        return draw_views(rng, self.views, flips=self.flips, jitter=self.jitter)
+        return draw_views(rng, self.views, flips=self.flips, jitter=self.jitter, jitter_p=self.jitter_p,
+                          stain_sigma=self.stain_sigma)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         position, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
@@ -257,14 +297,32 @@ class PairDataset(Dataset):
         item: dict[str, Any] = {
             "index": position, "row": row, "slide": number, "coords": self.index.coords[position],
         }
+        geometry = self.index.geometries[number]
+        style = self.jitter_style
         if self.cache is not None:
             student = self.cache.student(row)
-            item["student"] = np.stack([apply_view(student, v, 0.0) for v in views])
             item["target"] = self.cache.targets(row, [v.variant for v in views])
+            if not (self.jitter or self.stain_sigma > 0):
+                item["student"] = np.stack([apply_view(student, v, 0.0) for v in views])
+                return item
+            # jittered views: the teacher runs on their crops (the region is read only for them)
+            live = np.array([v.jittered for v in views])
+            normalizer = self.index.normalizers[number]
+            region = read_region(self._slide(number), geometry, x, y, normalizer) if live.any() else None
+            grey = grey_level(region) if region is not None else 0.0
+            c = geometry.crop_size  # zeros for the cached views: every item of a batch has one shape
+            crops = np.zeros((len(views), geometry.crops_per_patch, c, c, 3), np.uint8)
+            for k, v in enumerate(views):
+                if live[k]:
+                    crops[k] = geometry.split(apply_view(region, v, grey, style))
+            item["student"] = np.stack([apply_view(student, v, grey, style) for v in views])
+            item["teacher"], item["live"] = crops, live
             return item
-        geometry = self.index.geometries[number]
-        student, region = read_pair(self._slide(number), geometry, x, y, self.index.settings.five_x_source)
+        student, region = read_pair(self._slide(number), geometry, x, y, self.index.settings.five_x_source,
+                                    self.index.normalizers[number])
         grey = grey_level(region) if any(v.jittered for v in views) else 0.0
-        item["student"] = np.stack([apply_view(student, v, grey) for v in views])
-        item["teacher"] = np.stack([geometry.split(apply_view(region, v, grey)) for v in views])
+        item["student"] = np.stack([apply_view(student, v, grey, style) for v in views])
+        item["teacher"] = np.stack([geometry.split(apply_view(region, v, grey, style)) for v in views])
         return item
+
+

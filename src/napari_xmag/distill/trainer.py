@@ -19,12 +19,14 @@ model is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,7 @@ from .evaluate import (
     training_means,
 )
 from .losses import distillation_loss
-from .optim import ModelEma, param_groups, warmup_cosine
+from .optim import ModelEma, lr_schedule, param_groups
 from .order import ResumableSampler
 from .pairs import PairDataset, PairIndex
 from .runlog import LOG_KIND, TENSORBOARD_KIND, RunLog
@@ -238,13 +240,16 @@ class _Run:
         if dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_module = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(param_groups(self.student, config.weight_decay), lr=config.lr)
-        warmup = config.warmup_steps if config.warmup_steps is not None else max(1, round(0.05 * self.total))
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.student, config.weight_decay, decay_all=config.decay_all),
+            lr=config.step_lr(dist.world_size),
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(self.total, warmup, config.lr, config.min_lr)
+            self.optimizer,
+            lr_schedule(config.schedule, self.total, config.warmup_steps, config.lr, config.min_lr),
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.ema = ModelEma(self.student, config.ema_decay)
+        self.ema = ModelEma(self.student, config.ema_decay, warmup=config.ema_warmup)
         self.step = 0
         if state is not None:
             self._load(state)
@@ -257,16 +262,24 @@ class _Run:
         config, dist = self.config, self.dist
         self.dataset = PairDataset(
             self.train_index, views=config.views, flips=config.flips, jitter=config.use_jitter,
-            seed=config.seed, cache=self.cache,
+            seed=config.seed, cache=self.cache, jitter_p=config.jitter_p, jitter_style=config.jitter_style,
+            stain_sigma=config.stain_augment,
         )
+        coloured = config.use_jitter or config.stain_augment > 0
+        if self.cache is not None and coloured and config.jitter_p >= 1:
+            log.warning("every view is jittered (jitter_p = 1): the teacher cache serves no target, and"
+                        " the teacher runs on every view")
+        self.accum = config.accumulation(dist.world_size)
         self.sampler = ResumableSampler(
             len(self.dataset), config.batch_size, seed=config.seed, rank=dist.rank, world_size=dist.world_size
         )
-        self.per_epoch = self.sampler.batches_per_epoch
+        # optimiser steps per epoch; the batches past the last whole step of an epoch are dropped
+        self.per_epoch = self.sampler.batches_per_epoch // self.accum
         if self.per_epoch == 0:
             raise NoPairsError(
-                f"{len(self.train_index)} training pairs make no batch of {config.batch_size} pairs on each"
-                f" of {dist.world_size} process(es); lower batch_size, use a smaller stride or add slides"
+                f"{len(self.train_index)} training pairs make no step of {config.batch_size * self.accum}"
+                f" pairs on each of {dist.world_size} process(es); lower batch_size (or effective_batch),"
+                " use a smaller stride or add slides"
             )
         self.total = config.steps or config.epochs * self.per_epoch
         self.loader = DataLoader(
@@ -305,18 +318,39 @@ class _Run:
         self.dist.barrier()
 
     # ---- one step ------------------------------------------------------------------------
-    def _train_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        """One optimiser step; returns (loss, global, local, grad norm) as a detached tensor."""
-        if "target" in batch:  # from the cache
-            target = batch["target"].flatten(0, 1).to(self.device, non_blocking=True)
-        else:
+    def _targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The teacher's (B*V, n*n, D) targets: from the cache, the live teacher, or both."""
+        chunk = self.config.teacher_chunk
+        if "target" not in batch:
             crops = batch["teacher"].flatten(0, 1).to(self.device, non_blocking=True)
-            target = embed_crops(self.teacher, crops, chunk=self.config.teacher_chunk, amp_dtype=self.amp)
+            return embed_crops(self.teacher, crops, chunk=chunk, amp_dtype=self.amp)
+        target = batch["target"].flatten(0, 1).to(self.device, non_blocking=True)
+        if "live" in batch:  # jittered views: the cache holds no target for them
+            live = batch["live"].flatten().to(self.device)
+            if bool(live.any()):
+                crops = batch["teacher"].flatten(0, 1).to(self.device, non_blocking=True)[live]
+                live_target = embed_crops(self.teacher, crops, chunk=chunk, amp_dtype=self.amp)
+                target[live] = live_target.to(target.dtype)
+        return target
+
+    def _forward_backward(self, batch: dict[str, Any], last: bool) -> torch.Tensor:
+        """One batch's share of a step's gradient; returns (loss, global, local) / accumulation."""
+        target = self._targets(batch)
         x = self.student.preprocess(batch["student"].flatten(0, 1))
-        with autocast(self.device, self.amp):
-            loss, loss_g, loss_l = self.step_module(x, target)
+        # DDP reduces the gradients once a step, at its last batch
+        sync = last or not hasattr(self.step_module, "no_sync")
+        with contextlib.nullcontext() if sync else self.step_module.no_sync():
+            with autocast(self.device, self.amp):
+                loss, loss_g, loss_l = self.step_module(x, target)
+            self.scaler.scale(loss / self.accum).backward()
+        return torch.stack([loss.detach(), loss_g.detach(), loss_l.detach()]).double() / self.accum
+
+    def _train_step(self, batches: Iterator[dict[str, Any]]) -> torch.Tensor:
+        """One optimiser step over ``accum`` batches; returns (loss, global, local, grad norm), detached."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        losses = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for k in range(self.accum):
+            losses += self._forward_backward(next(batches), last=k == self.accum - 1)
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = nn.utils.clip_grad_norm_(self.student.parameters(), self.config.clip_grad or math.inf)
         self.scaler.step(self.optimizer)
@@ -324,7 +358,7 @@ class _Run:
         self.scheduler.step()
         self.ema.update(self.student)
         self.step += 1
-        return torch.stack([loss.detach(), loss_g.detach(), loss_l.detach(), grad_norm.detach()]).double()
+        return torch.cat([losses, grad_norm.detach().double().reshape(1)])
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self, stop_at: int | None) -> TrainResult:
@@ -339,10 +373,11 @@ class _Run:
         try:
             while self.step < stop:
                 epoch = self.step // self.per_epoch
-                self.sampler.set_epoch(epoch, start_batch=self.step % self.per_epoch)
-                for batch in self.loader:
+                self.sampler.set_epoch(epoch, start_batch=(self.step % self.per_epoch) * self.accum)
+                batches = iter(self.loader)
+                while True:
                     lr = self.scheduler.get_last_lr()[0]
-                    sums += self._train_step(batch)
+                    sums += self._train_step(batches)
                     window_steps += 1
                     runlog.advance()
                     if self.step % config.log_every == 0 or self.step == stop:
@@ -354,7 +389,8 @@ class _Run:
                             "step": self.step, "epoch": epoch, "lr": lr, "loss": mean[0],
                             "loss_global": mean[1], "loss_local": mean[2], "grad_norm": mean[3],
                             "loss_scale": self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
-                            "pairs_per_s": window_steps * config.batch_size * dist.world_size / seconds,
+                            "pairs_per_s": window_steps * config.batch_size * self.accum * dist.world_size
+                            / seconds,
                         })
                         sums.zero_()
                         window_start, window_steps = time.perf_counter(), 0
@@ -366,7 +402,7 @@ class _Run:
                         _write_json(out / "metrics.json", metrics)
                     if self.step % config.checkpoint_every == 0 or self.step == stop:
                         self._save()
-                    if self.step >= stop:
+                    if self.step >= stop or self.step % self.per_epoch == 0:  # the end, or of an epoch
                         break
         finally:
             runlog.close()
