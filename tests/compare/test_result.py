@@ -16,6 +16,7 @@ from napari_xmag.compare import (
     matched_labels,
     read_comparison,
 )
+from napari_xmag.compare.tables import cluster_rows, weakest_cluster
 
 
 # ---- the files -----------------------------------------------------------------------------
@@ -48,7 +49,10 @@ def test_report_and_files(whole) -> None:
     with h5py.File(result.out_dir / "compare.h5") as f:
         assert f["teacher_crop_features"].shape == (4, 16, 32)
         assert json.loads(f.attrs["report"]) == report
-    assert sorted(p.name for p in result.out_dir.iterdir()) == ["compare.h5", "report.json"]
+    assert sorted(p.name for p in result.out_dir.iterdir()) == ["clusters.csv", "compare.h5",
+                                                                "disagreement.csv", "report.json"]
+    weakest = weakest_cluster(cluster_rows(result.cosine, result.scored, result.student_clusters))
+    assert report["weakest_cluster"] == weakest and weakest is not None  # 2 scored, in 2 clusters
     with pytest.raises(ComparisonFileError):
         read_comparison(result.out_dir / "nothing")
 

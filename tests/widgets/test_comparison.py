@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from cases import CMU1, save_screenshot
+from comparisons import hand_result
 from napari_xmag._widgets._common import camera, text_overlay
 from napari_xmag._widgets.comparison import RANDOM, ROLE, WHOLE_SLIDE, ComparisonWidget, roi_from_rectangle
-from napari_xmag.compare import cosine_map, read_comparison
+from napari_xmag.compare import cosine_map, read_comparison, write_comparison
 from napari_xmag.compare import report_rows as table_rows
-from viewers import open_slide, wait_for
+from napari_xmag.slide import Slide
+from viewers import canvas_text, open_slide, wait_for
 
 # CMU-1's 5x grid steps 898 level-0 px; this ROI holds the middle column's 2nd and 3rd patches.
 ROI = (898, 898, 898, 1796)
@@ -115,6 +117,10 @@ def test_run_on_roi_shows_layers_and_table(make_napari_viewer, qtbot, tmp_path) 
     assert rows_["caveat"].startswith("2 patches: CKA, ARI and the cosine from fewer than 30")
     names = [layer.name for layer in viewer.layers]
     assert len({n[:18] for n in names}) == len(names), names
+    # the ranking: the one held-out patch of the two; no picture until a step
+    ranking = widget._ranking_table.value["data"]
+    assert len(ranking) == int(result.scored.sum()) == 1 and widget.rank == 0
+    assert ranking[0][:3] == [1, *result.coords[result.scored][0].tolist()]
     # the view frames the three panels: the teacher's, two slide widths to the right, is in it
     teacher = owned["teacher clusters"]
     centre_x = camera(viewer).center[-1]
@@ -165,3 +171,72 @@ def test_screenshot_whole_cmu1(make_napari_viewer, qtbot, tmp_path) -> None:
     shot = viewer.screenshot(canvas_only=True, flash=False)
     save_screenshot(shot, "widget-comparison-docked.png", tmp_path)  # docs: cold_viewer.py
     assert shot.ndim == 3 and shot.shape[-1] == 4
+
+
+# ---- where the student disagrees: a comparison of CMU-1 made by hand -----------------------
+NAN = float("nan")
+COORDS = [(0, 0), (898, 0), (0, 898), (898, 898), (898, 1796), (898, 2694), (0, 1796)]
+COSINE = [0.5, NAN, 0.2, 0.5, 0.9, -0.1, NAN]
+CLUSTERS = [1, 1, 2, 2, 3, 3, 4]
+ORDER = [5, 2, 0, 3, 4]  # lowest cosine first; 0 and 3 tie and keep their order
+
+
+def _patch_centre(x: int, y: int, size0: float = 897.7955911823648) -> tuple[float, float]:
+    """World (y, x) µm of a 5x patch's centre on the slide layer (pixel i centred at i * mpp)."""
+    return ((y + size0 / 2 - 0.5) * MPP, (x + size0 / 2 - 0.5) * MPP)
+
+
+def test_disagreement_tables_steps_and_pictures(make_napari_viewer, qtbot, tmp_path) -> None:
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    out = write_comparison(hand_result(tmp_path / "hand", COORDS, COSINE, CLUSTERS))
+    widget._out_edit.value = out
+    widget._on_load()
+    assert widget.result is not None, widget._status.value
+
+    rows = widget._ranking_table.value
+    assert list(rows["columns"]) == ["rank", "x", "y", "cosine", "cluster"]
+    assert [[_cell(v) for v in r] for r in rows["data"]] == [
+        [rank, *COORDS[i], round(COSINE[i], 3), CLUSTERS[i]] for rank, i in enumerate(ORDER, start=1)]
+    clusters = widget._clusters_table.value
+    assert [r[0] for r in clusters["data"]] == ["cluster 2", "cluster 3", "cluster 1", "cluster 4"]
+    assert [_cell(r[3]) for r in clusters["data"]] == [0.35, 0.4, 0.5, "n/a"]  # mean cosine
+    assert clusters["data"][0][1:3] == [2, 2]
+    assert "weakest on cluster 2" in widget._step_status.value
+
+    crop_offsets = (0, 224, 449, 673)
+    with Slide(CMU1.path) as slide:
+        for step, (action, rank) in enumerate([(widget._on_next, 1), (widget._on_next, 2),
+                                               (widget._on_previous, 1)]):
+            action()
+            wait_for(qtbot, widget.views_task)
+            patch = ORDER[rank - 1]
+            x, y = COORDS[patch]
+            assert widget.rank == rank and widget.views.patch.patch == patch, step
+            np.testing.assert_allclose(camera(viewer).center[-2:], _patch_centre(x, y), rtol=1e-6)
+            owned = {layer.metadata[ROLE]: layer for layer in viewer.layers if ROLE in layer.metadata}
+            mosaic, student = owned["teacher mosaic"], owned["student view"]
+            crops = [slide.read_region(x + c, y + r, 224, mpp=0.5).image
+                     for r in crop_offsets for c in crop_offsets]
+            rows_of_crops = [np.hstack(crops[4 * r:4 * r + 4]) for r in range(4)]  # row-major
+            np.testing.assert_array_equal(mosaic.data, np.vstack(rows_of_crops))
+            np.testing.assert_array_equal(student.data, slide.read_region(x, y, 224, mpp=2.0).image)
+            # each picture at the patch's physical size, beside it: the student's left, the teacher's right
+            width = 897.7955911823648 * MPP
+            np.testing.assert_allclose(np.multiply(mosaic.scale, mosaic.data.shape[:2]), (width, width))
+            np.testing.assert_allclose(np.multiply(student.scale, student.data.shape[:2]), (width, width))
+            cx = _patch_centre(x, y)[1]
+            assert student.translate[-1] < cx - width / 2 < cx + width / 2 < mosaic.translate[-1]
+            assert f"Rank {rank} of 5: patch {patch} at x={x}, y={y} px" in widget._step_status.value
+            caption = f"student 5x  ·  rank {rank}: cosine {COSINE[patch]:.3f}  ·  teacher 20x"
+            assert text_overlay(viewer).text == caption
+
+    assert not widget.show_rank(0) and widget.rank == 1  # before the first: stays
+    assert not widget.show_rank(6) and "last ranked patch" in widget._step_status.value
+    assert canvas_text(viewer) == {}  # captions in the dock and the overlay only
+    assert [e.kind for e in widget.legend.entries][-1] == "outline"
+
+    # a new result takes the last one's pictures away
+    widget._on_load()
+    assert widget.rank == 0 and not [layer for layer in viewer.layers
+                                     if layer.metadata.get(ROLE) in ("student view", "teacher mosaic")]

@@ -1,9 +1,11 @@
 """One comparison: its arrays and report, the files it is kept in, and how it is shown.
 
 ``OUT/compare.h5`` (arrays) and ``OUT/report.json`` (numbers and provenance), read back by
-:func:`read_comparison`; :func:`report_rows` is the one formatting of a report for people (the
-CLI's summary and the widget's table), :func:`cosine_map` the per-patch cosine as a map, and
-:func:`matched_labels` the teacher's clusters renamed to the student's.
+:func:`read_comparison`, with ``OUT/disagreement.csv`` and ``OUT/clusters.csv`` (the tables of
+:mod:`.tables`) for people and spreadsheets; :func:`report_rows` is the one formatting of a
+report for people (the CLI's summary and the widget's table), :func:`cosine_map` the per-patch
+cosine as a map (:func:`patch_map` any per-patch value), and :func:`matched_labels` the
+teacher's clusters renamed to the student's.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ from ..features import FeatureHeader, FeatureSet, read_header
 from ..formats import h5
 from ..maps import MapError, SlideMap, build_grid, rasterize_mean
 from ..maps.slide_map import base_metadata, make_map, map_name
+from .tables import (
+    CLUSTERS_KIND,
+    CLUSTERS_NAME,
+    RANKING_KIND,
+    RANKING_NAME,
+    cluster_rows,
+    ranked_patches,
+    write_clusters_csv,
+    write_ranking_csv,
+)
 
 __all__ = [
     "ARRAYS_KIND",
@@ -47,6 +59,7 @@ __all__ = [
     "check_comparison_folder",
     "cosine_map",
     "matched_labels",
+    "patch_map",
     "read_comparison",
     "report_rows",
     "write_comparison",
@@ -136,6 +149,7 @@ class ComparisonResult:
             f"CKA {rows['CKA']}, ARI {rows['ARI']}\n"
             f"student {rows['student time (s)']} s, teacher {rows['teacher time (s)']} s,"
             f" speed-up {rows['speed-up']}\n"
+            + (f"weakest cluster {rows['weakest cluster']}\n" if "weakest cluster" in rows else "")
             + (f"{rows['caveat']}\n" if "caveat" in rows else "")
             + f"-> {self.out_dir}"
         )
@@ -168,10 +182,16 @@ def report_rows(report: dict[str, Any]) -> dict[str, str]:
                    f" median {_number(cos['median'])}, min {_number(cos['min'])}"),
         "CKA": _number(report["cka"]),
         "ARI": f"{_number(report['ari'])} (k={report['clusters']})",
+        **({"weakest cluster": _weakest(report["weakest_cluster"])} if report.get("weakest_cluster") else {}),
         **({"caveat": f"{report['patches']['student']} patches: CKA, ARI and the cosine from fewer"
                       f" than {SMALL_SAMPLE} patches say little (compare a larger region)"}
            if report["patches"]["student"] < SMALL_SAMPLE else {}),
     }
+
+
+def _weakest(w: dict[str, Any]) -> str:
+    return (f"{w['name']}: mean cosine {_number(w['mean_cosine'])} ({w['scored']} of its {w['patches']}"
+            f" patches scored; {w['share']:.0%} of the patches)")
 
 
 def matched_labels(student: np.ndarray, teacher: np.ndarray) -> np.ndarray:
@@ -193,6 +213,21 @@ def cosine_map(comparison: ComparisonResult | str | os.PathLike[str], features: 
     ``features`` (a features file or FeatureSet, optional) must be of the comparison's slide.
     """
     result = comparison if isinstance(comparison, ComparisonResult) else read_comparison(comparison)
+    smap = patch_map(result, result.cosine, "cosine",
+                     "cosine in teacher space, mean per cell; NaN where not scored")
+    if features is not None:  # a features file given beside it must be of the same slide
+        header = features_header(features)
+        theirs = str(header.coords_attrs.get("name") or Path(str(header.attrs.get("slide_path", ""))).stem)
+        if theirs and theirs != smap.metadata["slide_name"]:
+            raise MapError(
+                f"the comparison is of slide {smap.metadata['slide_name']!r}, the features file of {theirs!r}"
+            )
+    return smap
+
+
+def patch_map(result: ComparisonResult, values: np.ndarray, label: str, note: str) -> SlideMap:
+    """Per-patch ``values`` (N,) of a comparison as a cosine-kind map on its 5x grid, named
+    ``label · slide`` (NaN values: no value in the cell)."""
     report = result.report
     slide_mpp = positive_float(report.get("slide_mpp"))
     if slide_mpp is None:
@@ -201,7 +236,7 @@ def cosine_map(comparison: ComparisonResult | str | os.PathLike[str], features: 
     size0 = float(student["patch_size_level0"])
     grid = build_grid(result.coords, size0, size0, slide_mpp)
     rows, cols = grid.cells(result.coords, str(result.out_dir))
-    data = rasterize_mean(grid, rows, cols, np.asarray(result.cosine, np.float64))
+    data = rasterize_mean(grid, rows, cols, np.asarray(values, np.float64))
     slide_path = str(report.get("slide") or "")
     header = FeatureHeader(result.coords, {"slide_path": slide_path, "mpp": student.get("mpp")},
                            {"name": Path(slide_path).stem}, None)
@@ -210,16 +245,9 @@ def cosine_map(comparison: ComparisonResult | str | os.PathLike[str], features: 
         header, grid, "cosine",
         model=f"{student.get('model', '?')} vs {teacher.get('model', '?')}",
         weights_random=weights_random, comparison=str(result.out_dir), mapping=report.get("mapping"),
-        values="cosine in teacher space, mean per cell; NaN where not scored",
+        values=note,
     )
-    if features is not None:  # a features file given beside it must be of the same slide
-        header = features_header(features)
-        theirs = str(header.coords_attrs.get("name") or Path(str(header.attrs.get("slide_path", ""))).stem)
-        if theirs and theirs != meta["slide_name"]:
-            raise MapError(
-                f"the comparison is of slide {meta['slide_name']!r}, the features file of {theirs!r}"
-            )
-    return make_map(data, grid, "cosine", map_name("cosine", meta["slide_name"]), meta)
+    return make_map(data, grid, "cosine", map_name(label, meta["slide_name"]), meta)
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -229,20 +257,27 @@ _ARRAYS = (
 )
 
 
+#: The files of a comparison folder, in the order they are written (the report last).
+_FILES = ((ARRAYS_NAME, ARRAYS_KIND), (RANKING_NAME, RANKING_KIND), (CLUSTERS_NAME, CLUSTERS_KIND),
+          (REPORT_NAME, REPORT_KIND))
+
+
 def check_comparison_folder(out_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """Refuse, before any work, an output folder whose ``report.json`` or ``compare.h5`` is not a
-    comparison of ours (unless ``overwrite``); other files there are never touched."""
+    """Refuse, before any work, an output folder whose ``report.json``, ``compare.h5``,
+    ``disagreement.csv`` or ``clusters.csv`` is not one a comparison of ours wrote (unless ``overwrite``);
+    other files there are never touched."""
     out = Path(out_dir)
     check_output_folder(out)
-    check_target(out / REPORT_NAME, REPORT_KIND, overwrite)
-    check_target(out / ARRAYS_NAME, ARRAYS_KIND, overwrite)
+    for name, kind in _FILES:
+        check_target(out / name, kind, overwrite)
 
 
 def write_comparison(result: ComparisonResult, *, overwrite: bool = False) -> Path:
-    """Write ``compare.h5`` then ``report.json``, each to a temporary sibling renamed into place.
+    """Write ``compare.h5``, ``disagreement.csv``, ``clusters.csv``, then ``report.json``, each to
+    a temporary sibling renamed into place.
 
-    ``report.json`` goes last and is removed first, so a folder with a report has the arrays
-    that belong to it.
+    ``report.json`` goes last and is removed first, so a folder with a report has the arrays and
+    tables that belong to it.
     """
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -254,6 +289,11 @@ def write_comparison(result: ComparisonResult, *, overwrite: bool = False) -> Pa
         for name in _ARRAYS:
             f.create_dataset(name, data=getattr(result, name))
         f.attrs["report"] = text  # the h5 file describes itself too
+    ranking = ranked_patches(result.cosine, result.scored, result.coords, result.crop_coords,
+                             result.student_clusters)
+    write_ranking_csv(out / RANKING_NAME, ranking, result.crop_coords.shape[1], overwrite=overwrite)
+    clusters = cluster_rows(result.cosine, result.scored, result.student_clusters)
+    write_clusters_csv(out / CLUSTERS_NAME, clusters, overwrite=overwrite)
     write_json(out / REPORT_NAME, result.report, REPORT_KIND, overwrite=overwrite)
     return out
 

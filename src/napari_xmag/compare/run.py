@@ -42,6 +42,7 @@ from .metrics import (
     stats,
 )
 from .result import FORMAT, FORMAT_VERSION, ComparisonResult, check_comparison_folder, write_comparison
+from .tables import cluster_rows, weakest_cluster
 
 __all__ = ["MAPPINGS", "RoiError", "compare_slide", "parse_roi"]
 
@@ -242,6 +243,7 @@ def compare_slide(
         "clusters_requested": clusters,
         "cluster_seed": seed,
         "ari": finite(adjusted_rand(s_labels, t_labels)),
+        "weakest_cluster": weakest_cluster(cluster_rows(cosine, scored, s_labels)),
         "seconds": {
             "tiling": round(tiling_s, 3),
             "student_embed": round(student_s, 3),
