@@ -196,6 +196,7 @@ def _add_compare(sub: Any) -> None:
                    help="cosine through the student's head or a held-out ridge map (default: auto)")
     p.add_argument("--clusters", type=int, default=8, help="k-means K on both sides (default: 8)")
     _slide_options(p)
+    _stain_options(p)
     _runtime_options(p, batch_help="patches (and teacher crops) per forward pass (default: 32)")
     _progress_option(p)
     p.set_defaults(func=_cmd_compare)
@@ -698,7 +699,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         args.slide, student, teacher, args.out, roi, clusters=args.clusters, mapping=args.mapping,
         tissue_threshold=args.tissue_threshold, mpp_override=args.mpp_override,
         batch_size=args.batch_size or 32, workers=args.workers, device=args.device,
-        precision=args.precision, progress=not args.no_progress, overwrite=args.overwrite,
+        precision=args.precision, stain_norm=args.stain_norm, stain_reference=args.stain_reference,
+        progress=not args.no_progress, overwrite=args.overwrite,
     )
     print(result.summary())
     return 0

@@ -164,3 +164,22 @@ def test_cli_compare(tmp_path, capsys, monkeypatch) -> None:
     errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
     assert len(errors) == 1 and errors[0].startswith("xmag compare: error:") and "outside" in errors[0]
     assert main([*base, "--roi", "1,2,3", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_stain_normalised_comparison_embeds_normalised_patches(student, teacher, tmp_path) -> None:
+    """--stain-norm on compare: both models see the slide's normalised patches; the report says so."""
+    from napari_xmag.stain import fit_stain_normalizer
+
+    result = compare_slide(CMU1.path, student, teacher, tmp_path, stain_norm="reinhard", **KW)
+    assert result.report["stain_norm"] == "reinhard" and result.report["stain_reference"] == "default"
+    with Slide(CMU1.path) as slide:
+        normalizer = fit_stain_normalizer(slide, "reinhard")
+        assert normalizer is not None
+        x, y = (int(v) for v in result.coords[0])
+        patch = normalizer(slide.read_region(x, y, 224, mpp=2.0).image[None])
+        direct = _embed(student, list(patch))[0]
+        np.testing.assert_allclose(result.student_features[0], direct, rtol=1e-4, atol=1e-5)
+        crops = normalizer(np.stack([slide.read_region(int(cx), int(cy), 224, mpp=0.5).image
+                                     for cx, cy in result.crop_coords[0]]))
+        np.testing.assert_allclose(result.teacher_crop_features[0], _embed(teacher, list(crops)), rtol=1e-4,
+                                   atol=1e-5)

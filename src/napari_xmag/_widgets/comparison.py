@@ -65,6 +65,7 @@ from napari_xmag.models.precision import PRECISIONS
 from napari_xmag.models.registry import list_models
 from napari_xmag.provenance import random_weights_warning, tagged_name
 from napari_xmag.slide import Slide, level0_to_um, um_to_level0
+from napari_xmag.stain import STAIN_METHODS
 
 if TYPE_CHECKING:
     import napari
@@ -117,6 +118,9 @@ class ComparisonWidget(Container):
         self._mpp_override_edit = mpp_override_edit()
         self._precision_edit = ComboBox(label="precision", choices=PRECISIONS, value="auto",
                                         tooltip="as xmag compare --precision")
+        self._stain_edit = ComboBox(label="stain normalisation", choices=STAIN_METHODS, value="none",
+                                    tooltip="as xmag compare --stain-norm: fitted once on the slide's tissue,"
+                                    " to the bundled H&E reference; both models see the normalised patches")
         self._roi_edit = ComboBox(
             label="where", choices=self._roi_sources,
             tooltip="the whole slide (hours of teacher time on a CPU), or the selected (or last)"
@@ -143,7 +147,8 @@ class ComparisonWidget(Container):
         self._step_status = text_label("Run or load a comparison to rank its patches.")
         self._body = in_scroll_area(self, [
             self._slide_edit, self._mpp_override_edit, self._student_edit, self._teacher_edit,
-            self._weights_edit, self._precision_edit, self._roi_edit, self._out_edit, buttons,
+            self._weights_edit, self._precision_edit, self._stain_edit, self._roi_edit, self._out_edit,
+            buttons,
         ], [self._status, self._table,
             text_label("<b>Where the student disagrees</b> (lowest cosine first)"), self._ranking_table,
             steps, self._step_status, text_label("<b>Cosine per student cluster</b> (weakest first)"),
@@ -210,7 +215,7 @@ class ComparisonWidget(Container):
         out = self._out_dir(layer)
         weights = "random" if self._weights_edit.value == RANDOM else "auto"
         student, teacher = self._student_edit.value, self._teacher_edit.value
-        precision = self._precision_edit.value
+        precision, stain = self._precision_edit.value, self._stain_edit.value
 
         def work(*, progress: Any, cancel: Any) -> compare.ComparisonResult:
             from napari_xmag.models import create_model  # torch: only once the user runs one
@@ -218,7 +223,7 @@ class ComparisonWidget(Container):
             s = create_model(student, weights=weights)
             t = create_model(teacher, weights=weights)
             return compare.compare_slide(path, s, t, out, roi=roi, mpp_override=mpp, precision=precision,
-                                         progress=progress, cancel=cancel)
+                                         stain_norm=stain, progress=progress, cancel=cancel)
 
         where = "the whole slide" if roi is None else f"ROI x={roi[0]} y={roi[1]} w={roi[2]} h={roi[3]} px"
         self.task.start(work, message=f"Comparing {student} with {teacher} on {where} -> {out}",

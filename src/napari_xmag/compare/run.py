@@ -30,6 +30,7 @@ from ..maps import kmeans_labels
 from ..models.precision import inference_precision, resolve_device
 from ..provenance import model_identity
 from ..slide import MAGNIFICATION_MPP, Slide, SlideError
+from ..stain import fit_stain_normalizer
 from ..tiling import NoTissueError, slide_pairs
 from .metrics import (
     RIDGE_MIN_CV,
@@ -126,6 +127,8 @@ def compare_slide(
     device: str = "auto",
     precision: str = "auto",
     seed: int = 0,
+    stain_norm: str = "none",
+    stain_reference: str | os.PathLike[str] | None = None,
     progress: bool | Callable[[int, int], None] = True,
     cancel: threading.Event | None = None,
     overwrite: bool = False,
@@ -139,6 +142,8 @@ def compare_slide(
     (the head when it is a trained one that outputs the teacher's width, else ridge).
     ``progress`` is True (bars), False, or ``callable(done, total)`` over student patches plus
     teacher crops. ``cancel`` stops between batches (EmbedCancelled) and nothing is written.
+    ``stain_norm`` (``"macenko"``, ``"reinhard"``): the slide's stain brought to ``stain_reference``
+    (an image; None: the bundled one), fitted once on its tissue and applied to both sides' patches.
     Writes ``out_dir/compare.h5`` and ``out_dir/report.json`` atomically; files of those names
     that are not a comparison of ours are refused before any work, unless ``overwrite``.
     """
@@ -160,6 +165,7 @@ def compare_slide(
         grid, pairs = paired.grid, paired.pairs
         coords, tissue = _select_patches(slide, grid, roi, tissue_threshold)
         crop_coords = paired.crop_coords(coords)
+        normalizer = fit_stain_normalizer(slide, stain_norm, stain_reference)
         slide_info = {"mpp": slide.mpp, "mpp_source": slide.mpp_source, "dimensions": list(slide.dimensions)}
     tiling_s = time.perf_counter() - start
 
@@ -168,7 +174,8 @@ def compare_slide(
     embed_kw: dict[str, Any] = {"device": device, "precision": precision, "cancel": cancel}
 
     start = time.perf_counter()
-    batches = iter_patch_batches(slide_path, coords, grid.mpp, patch_size, batch_size, workers, mpp_override)
+    batches = iter_patch_batches(slide_path, coords, grid.mpp, patch_size, batch_size, workers, mpp_override,
+                                 normalizer)
     s_feats, _ = embed_patches(student, batches, n, progress=report_s, description="student 5x",
                                **embed_kw)
     student_s = time.perf_counter() - start
@@ -176,7 +183,7 @@ def compare_slide(
     start = time.perf_counter()
     flat = crop_coords.reshape(-1, 2)
     batches = iter_patch_batches(
-        slide_path, flat, pairs.teacher_mpp, crop_size, batch_size, workers, mpp_override
+        slide_path, flat, pairs.teacher_mpp, crop_size, batch_size, workers, mpp_override, normalizer
     )
     t_crops, _ = embed_patches(teacher, batches, len(flat), progress=report_t, description="teacher 20x",
                                **embed_kw)
@@ -218,6 +225,8 @@ def compare_slide(
         "slide_dimensions": slide_info["dimensions"],
         "roi": list(roi) if roi is not None else None,
         "tissue_threshold": tissue_threshold,
+        "stain_norm": stain_norm,
+        "stain_reference": "" if normalizer is None else normalizer.reference,
         "student": {
             **_model_info(student),
             "mpp": grid.mpp,
