@@ -13,8 +13,15 @@ import torch
 
 from cases import ALL_CASES, BOXES, CMU1, Case
 from napari_xmag.cli import main
-from napari_xmag.embed import EmbedCancelled, EmbedSettings, embed_patches, embed_slide, iter_patch_batches
-from napari_xmag.features import read_features
+from napari_xmag.embed import (
+    EmbedCancelled,
+    EmbedSettings,
+    embed_patches,
+    embed_slide,
+    embed_slide_steps,
+    iter_patch_batches,
+)
+from napari_xmag.features import is_features_file, read_features
 from napari_xmag.models import create_model
 from napari_xmag.models.plan import MODELS_ENV
 from napari_xmag.models.precision import prepare_model
@@ -129,10 +136,60 @@ def test_cancel_stops_without_writing(tmp_path, pyramid_path, tiny_xmag) -> None
         seen.append(done)
         cancel.set()  # ask to stop after the first batch
 
-    with pytest.raises(EmbedCancelled, match="cancelled after"):
+    with pytest.raises(EmbedCancelled, match="cancelled after") as stopped:
         embed_slide(pyramid_path, tiny_xmag, tmp_path, EmbedSettings(batch_size=2), progress=progress,
                     cancel=cancel)
-    assert seen == [2] and list(tmp_path.iterdir()) == []
+    # no features file; the batch done is kept for a resume, and the error says so
+    assert seen == [2] and [p.name for p in tmp_path.iterdir()] == [f"{Path(pyramid_path).stem}.h5.partial"]
+    assert stopped.value.kept is not None and "2 of" in stopped.value.kept and "resume" in stopped.value.kept
+    assert not is_features_file(tmp_path / f"{Path(pyramid_path).stem}.h5.partial")
+
+
+def test_cancelled_run_resumes_to_the_same_bits(tmp_path, pyramid_path, tiny_xmag) -> None:
+    """Cancel after 2 batches, run again: only the rest is embedded, the file equals a straight run's;
+    a run taking the batches nearest a point first writes the same bits too."""
+    settings = EmbedSettings(batch_size=2, precision="fp32")
+    straight = embed_slide(pyramid_path, tiny_xmag, tmp_path / "straight", settings, progress=False)
+    cancel = threading.Event()
+    calls = []
+
+    def stop_after_two(done, total):
+        calls.append(done)
+        if done >= 4:
+            cancel.set()
+
+    with pytest.raises(EmbedCancelled):
+        embed_slide(pyramid_path, tiny_xmag, tmp_path / "parted", settings, progress=stop_after_two,
+                    cancel=cancel)
+    counted = []
+    resumed = embed_slide(pyramid_path, tiny_xmag, tmp_path / "parted", settings,
+                          progress=lambda done, total: counted.append(done))
+    assert counted[0] == 4 and counted[-1] == straight.patches  # starts from the 4 kept
+    assert not (tmp_path / "parted" / (resumed.output.name + ".partial")).exists()
+    a, b = read_features(straight.output), read_features(resumed.output)
+    assert np.array_equal(a.coords, b.coords) and np.array_equal(a.features, b.features)
+
+    centre = (float(a.coords[:, 0].max()), float(a.coords[:, 1].max()))  # the far corner first
+    steps = embed_slide_steps(pyramid_path, tiny_xmag, tmp_path / "near", settings, progress=False,
+                              near=centre)
+    runs = []
+
+    def keep_result():
+        runs.append((yield from steps))
+
+    filled = [step.rows.start for step in keep_result() if step.rows.stop > step.rows.start]
+    near_run = runs[0]
+    assert filled[0] == max(filled) and sorted(filled) == list(range(0, straight.patches, 2))
+    assert np.array_equal(read_features(near_run.output).features, a.features)
+    # a partial of other settings is not resumed from: a batch size of 3 embeds everything again
+    cancel.clear()
+    with pytest.raises(EmbedCancelled):
+        embed_slide(pyramid_path, tiny_xmag, tmp_path / "other", settings, progress=stop_after_two,
+                    cancel=cancel)
+    seen = []
+    embed_slide(pyramid_path, tiny_xmag, tmp_path / "other", EmbedSettings(batch_size=3, precision="fp32"),
+                progress=lambda done, total: seen.append(done))
+    assert seen[0] == 3
 
 
 def test_embed_patches_empty_batch_list(tiny_xmag) -> None:

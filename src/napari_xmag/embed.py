@@ -2,6 +2,12 @@
 
 Reader threads (one OpenSlide handle each) read batches ahead of the model, so slide I/O
 hides behind the forward pass; the forward runs under ``torch.inference_mode``.
+
+:func:`embed_slide_steps` is the run as a generator: it yields an :class:`EmbedStep` before
+the first batch and after each one (what live maps draw), may take the batches in another
+order (``near``: those nearest a point first; each batch is still the same patches, so the
+features are the same bits), and keeps a cancelled or failed run's rows in a partial file that
+the next run with the same settings resumes from. :func:`embed_slide` runs it to the end.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,11 +42,16 @@ from ._progress import progress_bar
 from .features import (
     FEATURES_KIND,
     FeatureSet,
+    PartialFeatures,
     feature_path,
     is_features_file,
+    partial_key,
     read_header,
+    read_partial,
+    remove_partial,
     settings_differ,
     write_features,
+    write_partial,
 )
 from .models.precision import check_precision, inference_precision, prepare_model, resolve_device
 from .provenance import model_identity
@@ -53,14 +64,19 @@ log = logging.getLogger(__name__)
 __all__ = [
     "EmbedCancelled",
     "EmbedSettings",
+    "EmbedStep",
     "NotBrightfieldError",
     "SlideEmbedding",
     "already_done",
+    "batch_order",
     "check_slide",
     "default_batch_size",
+    "embed_batches",
     "embed_patches",
     "embed_slide",
+    "embed_slide_steps",
     "iter_patch_batches",
+    "run_to_end",
 ]
 
 # glibc keeps what reader threads and torch free, fragmented; handing it back costs ~1 ms
@@ -68,7 +84,10 @@ TRIM_EVERY_S = 2.0
 
 
 class EmbedCancelled(Exception):
-    """The caller asked to stop; nothing was written."""
+    """The caller asked to stop; no output was written (``kept``: the partial rows, if any)."""
+
+    #: what of the run was kept (a partial file to resume from), for the user; None: nothing
+    kept: str | None = None
 
 
 class NotBrightfieldError(SlideError):
@@ -148,8 +167,10 @@ def iter_patch_batches(
     workers: int = 2,
     mpp_override: float | None = None,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    starts: Sequence[int] | None = None,
 ) -> Iterator[np.ndarray]:
-    """(B, patch_size, patch_size, 3) uint8 batches in ``coords`` order.
+    """(B, patch_size, patch_size, 3) uint8 batches in ``coords`` order: ``coords[s : s + B]``
+    for each ``s`` of ``starts`` (default: every batch, in order).
 
     Each worker thread opens its own handle; up to ``2 * workers`` batches are read ahead.
     ``transform`` (a stain normalisation) runs on each batch in the reading thread.
@@ -173,7 +194,7 @@ def iter_patch_batches(
             out[i] = slide.read_region(int(x), int(y), patch_size, mpp=mpp).image
         return transform(out) if transform is not None else out
 
-    starts = list(range(0, len(coords), batch_size))
+    starts = list(range(0, len(coords), batch_size)) if starts is None else [int(v) for v in starts]
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xmag-read")
     pending: list[Future[np.ndarray] | None] = []
     try:
@@ -196,6 +217,43 @@ def iter_patch_batches(
             slide.close()
 
 
+def embed_batches(
+    model: Any,
+    batches: Iterator[np.ndarray],
+    total: int,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    tokens: bool = False,
+    cancel: threading.Event | None = None,
+    description: str = "embedding",
+    done: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Embed uint8 patch batches one by one: yields (features (B, D) float32, token grids or None).
+
+    ``cancel`` is polled before each batch (:class:`EmbedCancelled`, counting from ``done``)."""
+    import torch  # here: opening slides and reading feature files stays without torch
+
+    model, dev, autocast = prepare_model(model, device, precision)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    trimmed = time.monotonic()
+    for batch in batches:
+        if time.monotonic() - trimmed > TRIM_EVERY_S:  # RSS flat over a whole slide
+            return_freed_memory()
+            trimmed = time.monotonic()
+        if cancel is not None and cancel.is_set():
+            raise EmbedCancelled(f"{description}: cancelled after {done} of {total} patches")
+        # inference mode per batch, not around the yield: the caller's code runs outside it
+        with torch.inference_mode():
+            x = model.preprocess(batch).to(dev, dtype=dtype)
+            with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+                out = model.embed(x, tokens=tokens)
+            pooled, grid = out if tokens else (out, None)
+            result = pooled.float().cpu().numpy(), None if grid is None else grid.float().cpu().numpy()
+        done += len(batch)
+        yield result
+
+
 def embed_patches(
     model: Any,
     batches: Iterator[np.ndarray],
@@ -209,38 +267,60 @@ def embed_patches(
     description: str = "embedding",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embed uint8 patch batches; returns (features (N, D) float32, token grids or None)."""
-    import torch  # here: opening slides and reading feature files stays without torch
-
-
-    model, dev, autocast = prepare_model(model, device, precision)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     features: list[np.ndarray] = []
     grids: list[np.ndarray] = []
     bar = progress_bar(progress, total, description)
-    done = 0
-    trimmed = time.monotonic()
     try:
-        with torch.inference_mode():
-            for batch in batches:
-                if time.monotonic() - trimmed > TRIM_EVERY_S:  # RSS flat over a whole slide
-                    return_freed_memory()
-                    trimmed = time.monotonic()
-                if cancel is not None and cancel.is_set():
-                    raise EmbedCancelled(f"{description}: cancelled after {done} of {total} patches")
-                x = model.preprocess(batch).to(dev, dtype=dtype)
-                with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
-                    out = model.embed(x, tokens=tokens)
-                pooled, grid = out if tokens else (out, None)
-                features.append(pooled.float().cpu().numpy())
-                if grid is not None:
-                    grids.append(grid.float().cpu().numpy())
-                done += len(batch)
-                bar(done)
+        for pooled, grid in embed_batches(model, batches, total, device=device, precision=precision,
+                                          tokens=tokens, cancel=cancel, description=description):
+            features.append(pooled)
+            if grid is not None:
+                grids.append(grid)
+            bar(sum(len(f) for f in features))
     finally:
         bar(None)
     dim = getattr(model, "embed_dim", 0)
     feats = np.concatenate(features) if features else np.zeros((0, dim), np.float32)
     return feats, (np.concatenate(grids) if grids else None) if tokens else None
+
+
+def batch_order(coords: np.ndarray, batch_size: int, near: tuple[float, float] | None = None) -> list[int]:
+    """The starts of the batches of ``coords`` (``coords[s : s + batch_size]``): in order, or
+    those whose patches' mean lies nearest ``near`` (level-0 x, y) first."""
+    starts = list(range(0, len(coords), batch_size))
+    if near is None or not starts:
+        return starts
+    centres = np.array([np.asarray(coords[s : s + batch_size], np.float64).mean(axis=0) for s in starts])
+    distance = np.hypot(centres[:, 0] - near[0], centres[:, 1] - near[1])
+    return [starts[i] for i in np.argsort(distance, kind="stable")]
+
+
+@dataclass(frozen=True, eq=False)
+class EmbedStep:
+    """Where a run stands: before the first batch (``rows`` empty) and after each.
+
+    ``features`` is the run's own buffer (rows filled where ``done``): read it, do not keep it
+    past the next step without a copy.
+    """
+
+    slide: Path
+    output: Path
+    coords: np.ndarray  # (N, 2) level-0 x, y, grid order
+    coords_attrs: dict[str, Any]
+    run_attrs: dict[str, Any]
+    features: np.ndarray | None  # (N, D) float32; None before the first batch of a fresh run
+    done: np.ndarray  # (N,) bool
+    rows: slice  # the rows this step filled
+    resumed: int  # patches taken from a partial run
+    seconds: float  # since the run started
+
+    @property
+    def count(self) -> int:
+        return int(self.done.sum())
+
+    @property
+    def total(self) -> int:
+        return len(self.coords)
 
 
 # ---- one slide, end to end ------------------------------------------------------------
@@ -260,7 +340,42 @@ def embed_slide(
     A finished file of ours made from the same slide with the same settings is kept and
     reported as skipped. Anything else at the output (a file of ours from another slide or with
     other settings, a file that is not ours) is an error unless ``overwrite``. Nothing is
-    written on failure.
+    written on failure but the partial file a rerun resumes from (:func:`embed_slide_steps`).
+    """
+    return run_to_end(embed_slide_steps(slide_path, model, out_dir, settings, fmt=fmt, overwrite=overwrite,
+                                        progress=progress, cancel=cancel))
+
+
+def run_to_end(steps: Generator[Any, None, Any]) -> Any:
+    """Drive a generator to its end and return what it returns (its steps are dropped)."""
+    result = []
+
+    def collect() -> Generator[Any, None, None]:
+        result.append((yield from steps))
+
+    for _ in collect():
+        pass
+    return result[0]
+
+
+def embed_slide_steps(
+    slide_path: str | os.PathLike[str],
+    model: Any,
+    out_dir: str | os.PathLike[str],
+    settings: EmbedSettings | None = None,
+    *,
+    fmt: str = "h5",
+    overwrite: bool = False,
+    progress: bool | Callable[[int, int], None] = True,
+    cancel: threading.Event | None = None,
+    near: tuple[float, float] | None = None,
+) -> Generator[EmbedStep, None, SlideEmbedding]:
+    """:func:`embed_slide` as a generator of :class:`EmbedStep` (none for a finished file).
+
+    ``near`` (level-0 x, y): the batches nearest that point go first. A run that stops part-way
+    (:class:`EmbedCancelled`, any error) keeps its rows in ``<output>.partial``; a later run of
+    the same slide, settings and batch size embeds only the rest, and its file is bit-equal to
+    an uninterrupted run's. The features file itself is written once, atomically, at the end.
     """
     settings = settings or EmbedSettings()
     if settings.tokens and fmt != "zarr":
@@ -276,9 +391,9 @@ def embed_slide(
         identity = model_identity(model)
         run_attrs = run_attributes(slide, identity, settings,
                                    resolved_precision(settings, identity["weights_random"]))
-        done = finished_patches(output, run_attrs, overwrite)
-        if done is not None:
-            return SlideEmbedding(slide_path, output, done, 0.0, skipped=True)
+        done_before = finished_patches(output, run_attrs, overwrite)
+        if done_before is not None:
+            return SlideEmbedding(slide_path, output, done_before, 0.0, skipped=True)
         mask = tissue_mask(slide)
         grid = patch_grid(
             slide,
@@ -292,26 +407,68 @@ def embed_slide(
         coords_attrs = coords_attributes(slide, grid)
         normalizer = fit_stain_normalizer(slide, settings.stain_norm, settings.stain_reference)
     _check_space(output, len(grid), model, settings.tokens)
-    batches = iter_patch_batches(
-        slide_path, grid.coords, grid.mpp, grid.patch_size,
-        settings.batch_size or default_batch_size(settings.device), settings.workers, settings.mpp_override,
-        transform=normalizer,
-    )
-    features, tokens = embed_patches(
-        model, batches, len(grid), device=settings.device, precision=settings.precision,
-        tokens=settings.tokens, progress=progress, cancel=cancel, description=slide_path.name,
-    )
+    n = len(grid)
+    batch_size = settings.batch_size or default_batch_size(settings.device)
+    # token grids are not kept part-way: a run with them starts again
+    key = None if settings.tokens else partial_key(_settings_keys(run_attrs), grid.coords, batch_size)
+    partial = read_partial(output, key, n) if key is not None else None
+    done = partial.done.copy() if partial is not None else np.zeros(n, bool)
+    features = partial.features if partial is not None else None
+    resumed = int(done.sum())
+    if resumed:
+        log.info("%s: resuming from %d of %d patches (%s.partial)", slide_path.name, resumed, n, output.name)
+    token_rows: list[tuple[int, np.ndarray]] = []
+
+    def step(rows: slice) -> EmbedStep:
+        return EmbedStep(slide_path, output, grid.coords, coords_attrs, run_attrs, features, done, rows,
+                         resumed, time.perf_counter() - start)
+
+    yield step(slice(0, 0))
+    todo = [s for s in batch_order(grid.coords, batch_size, near) if not done[s]]
+    batches = iter_patch_batches(slide_path, grid.coords, grid.mpp, grid.patch_size, batch_size,
+                                 settings.workers, settings.mpp_override, transform=normalizer, starts=todo)
+    bar = progress_bar(progress, n, slide_path.name)
+    if resumed:
+        bar(resumed)
+    try:
+        embedded = embed_batches(model, batches, n, device=settings.device, precision=settings.precision,
+                                 tokens=settings.tokens, cancel=cancel, description=slide_path.name,
+                                 done=resumed)
+        for first, (pooled, tokens) in zip(todo, embedded, strict=False):
+            if features is None:
+                features = np.zeros((n, pooled.shape[1]), np.float32)
+            rows = slice(first, first + len(pooled))
+            features[rows] = pooled
+            done[rows] = True
+            if tokens is not None:
+                token_rows.append((first, tokens))
+            bar(int(done.sum()))
+            yield step(rows)
+    except BaseException as err:
+        if key is not None and features is not None and done.any():
+            kept = write_partial(output, key, PartialFeatures(features, done))
+            if kept is not None and isinstance(err, EmbedCancelled):
+                err.kept = f"{int(done.sum())} of {n} patches kept in {kept.name}; run again to resume"
+        raise
+    finally:
+        bar(None)
+    if features is None:  # a slide of no batches cannot happen (require_patches), but stay whole
+        features = np.zeros((n, int(getattr(model, "embed_dim", 0) or 0)), np.float32)
+    token_grid = None
+    if settings.tokens and token_rows:
+        token_grid = np.concatenate([t for _, t in sorted(token_rows, key=lambda item: item[0])])
     seconds = time.perf_counter() - start
     run_attrs["seconds"] = round(seconds, 3)
     try:
-        write_features(output, FeatureSet(grid.coords, features, run_attrs, coords_attrs, tokens),
+        write_features(output, FeatureSet(grid.coords, features, run_attrs, coords_attrs, token_grid),
                        overwrite=overwrite)
     except (OSError, RuntimeError) as err:  # h5py reports a failed write as RuntimeError
         clear = output_error(output, err, "the features file")
         if clear is None:
             raise
         raise clear from err
-    return SlideEmbedding(slide_path, output, len(grid), seconds)
+    remove_partial(output)
+    return SlideEmbedding(slide_path, output, n, seconds)
 
 
 def check_slide(slide_path: str | os.PathLike[str], settings: EmbedSettings | None = None) -> None:

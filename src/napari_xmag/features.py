@@ -4,6 +4,11 @@ The h5 layout is TRIDENT's: ``coords`` (N, 2) level-0 x, y and ``features`` (N, 
 float32, with the patching attributes on ``coords``. A zarr v3 store holds the same
 arrays, plus the patch-token grids when asked for. Writes are atomic: a file exists under
 its final name only when complete, so a rerun can trust what it finds.
+
+A run stopped part-way (cancelled, or failed after some batches) keeps what it did in a
+*partial* file beside the output (``<name>.partial``, never mistaken for a features file): the
+rows done so far and which they are, keyed by the run's settings, the patch grid and the batch
+size, so that a rerun with the same key embeds only the rest and writes the same file.
 """
 
 from __future__ import annotations
@@ -27,15 +32,22 @@ from .formats import zarr as zarr_store
 __all__ = [
     "FEATURES_FORMAT",
     "FEATURES_KIND",
+    "PARTIAL_KIND",
     "FeatureFileError",
     "FeatureHeader",
     "FeatureSet",
+    "PartialFeatures",
     "feature_path",
     "is_features_file",
+    "partial_key",
+    "partial_path",
     "read_features",
     "read_header",
+    "read_partial",
+    "remove_partial",
     "unique_feature_paths",
     "write_features",
+    "write_partial",
 ]
 
 SUFFIX = {"h5": ".h5", "zarr": ".zarr"}
@@ -290,3 +302,83 @@ def settings_differ(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> d
         if json.dumps(to_attr(old)) != json.dumps(to_attr(value)):
             differ[key] = (old, value)
     return differ
+
+
+# ---- partial runs -----------------------------------------------------------------------------
+PARTIAL_FORMAT = "napari-xmag-partial-features"
+
+
+def partial_path(output: str | os.PathLike[str]) -> Path:
+    """Where the partial state of ``output`` is kept (``CMU-1.h5`` -> ``CMU-1.h5.partial``)."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
+
+
+def _is_partial(path: Path) -> bool:
+    try:
+        if file_problem(path) is not None:
+            return False
+        with h5py.File(path, "r") as f:
+            return bool(f.attrs.get("format") == PARTIAL_FORMAT)
+    except Exception:  # any file at all: not ours
+        return False
+
+
+#: What :func:`write_partial` may replace: a partial file of ours.
+PARTIAL_KIND = OutputKind("partial features file", _is_partial)
+
+
+@dataclass
+class PartialFeatures:
+    features: np.ndarray  # (N, D) float32, rows where ``done``
+    done: np.ndarray  # (N,) bool
+
+    @property
+    def count(self) -> int:
+        return int(self.done.sum())
+
+
+def partial_key(settings: Mapping[str, Any], coords: np.ndarray, batch_size: int) -> str:
+    """What a partial run is the same run by: its settings, its patches (in grid order) and the
+    batch size (the same batches give the same bits)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(coords, "<i8").tobytes())
+    h.update(str(int(batch_size)).encode())
+    return h.hexdigest()
+
+
+def write_partial(output: str | os.PathLike[str], key: str, state: PartialFeatures) -> Path | None:
+    """Keep ``state`` beside ``output`` (atomically); None when a file that is not ours is there."""
+    path = partial_path(output)
+    if os.path.lexists(path) and not _is_partial(path):
+        return None  # someone else's file under our name: leave it, lose only the resume
+    with atomic_path(path, PARTIAL_KIND) as target, h5py.File(target, "w") as f:
+        f.attrs["format"] = PARTIAL_FORMAT
+        f.attrs["key"] = key
+        f.create_dataset("features", data=np.asarray(state.features, np.float32))
+        f.create_dataset("done", data=np.asarray(state.done, bool))
+    return path
+
+
+def read_partial(output: str | os.PathLike[str], key: str, rows: int) -> PartialFeatures | None:
+    """The partial state of ``output`` when it is ours, of this run (``key``) and ``rows`` long."""
+    path = partial_path(output)
+    if not _is_partial(path):
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("key") != key or f["done"].shape != (rows,) or f["features"].shape[0] != rows:
+                return None
+            features, done = f["features"][...], f["done"][...]
+        return PartialFeatures(np.asarray(features, np.float32), np.asarray(done, bool))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def remove_partial(output: str | os.PathLike[str]) -> None:
+    """Remove the partial state of ``output`` once the output is whole (only a file of ours)."""
+    path = partial_path(output)
+    if _is_partial(path):
+        path.unlink(missing_ok=True)
