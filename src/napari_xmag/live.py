@@ -7,7 +7,8 @@ the end. An update holds two maps on the final map's own grid:
 
 - ``progress``: labels, 1 = a tissue patch still waiting, 2 = embedded (the "done" mask);
 - ``pca``: a *cheap* PCA: the projection and its robust colour range are fitted once on the
-  first embedded patches (:data:`FIT_PATCHES`, or all of a smaller slide) and then only applied
+  first embedded patches (:data:`FIT_PATCHES`; on a small slide a quarter of its patches, at
+  least :data:`MIN_FIT_PATCHES`) and then only applied
   to each new batch, so the colours of what is already drawn never change while the run goes
   on. ``None`` until enough patches are in.
 
@@ -32,10 +33,11 @@ from .features import FeatureHeader
 from .maps import MapGrid, SlideMap, grid_for_features, rasterize_labels, rasterize_mean
 from .maps.slide_map import base_metadata, make_map, map_name
 
-__all__ = ["FIT_PATCHES", "LivePCA", "LiveUpdate", "embed_slide_live", "live_updates"]
+__all__ = ["FIT_PATCHES", "MIN_FIT_PATCHES", "LivePCA", "LiveUpdate", "embed_slide_live", "live_updates"]
 
-#: Patches the live PCA is fitted on (a slide with fewer: all of them, at the end).
+#: Patches the live PCA is fitted on (a small slide: a quarter of them, at least MIN_FIT_PATCHES).
 FIT_PATCHES = 64
+MIN_FIT_PATCHES = 16
 WAITING, EMBEDDED = 1, 2
 
 
@@ -73,7 +75,7 @@ class LivePCA:
         if self._values is None:
             self._values = np.full((n, 3), np.nan)
         if not self.fitted:
-            if done.sum() < min(self.fit_patches, n):
+            if done.sum() < min(self.fit_patches, max(MIN_FIT_PATCHES, n // 4), n):
                 return None
             self._fit(features[done])
         new = done & np.isnan(self._values[:, 0])

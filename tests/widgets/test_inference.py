@@ -123,16 +123,59 @@ def test_embeds_and_adds_aligned_maps(make_napari_viewer, qtbot, tmp_path) -> No
     assert len(viewer.layers) == n_layers
 
 
-def test_cancel_writes_nothing(make_napari_viewer, qtbot, tmp_path) -> None:
+def test_cancel_before_the_first_batch_writes_nothing(make_napari_viewer, qtbot, tmp_path) -> None:
     viewer = make_napari_viewer()
     open_slide(viewer, CMU1.path)
-    widget = make_widget(viewer, tmp_path)
+    widget = make_widget(viewer, tmp_path, live=False)
     widget._on_run()
     widget.task.cancel()  # before the first batch: stops at once
     wait_for(qtbot, widget.task)
     assert widget._status.value.startswith("Cancelled"), widget._status.value
-    assert not list((tmp_path / "features").rglob("*.h5"))
+    assert "nothing was written" in widget._status.value
+    assert not list((tmp_path / "features").rglob("*.h5*"))
     assert len(viewer.layers) == 1 and widget._run_button.enabled
+
+
+def test_live_maps_fill_in_then_give_way_to_the_final_maps(make_napari_viewer, qtbot, tmp_path) -> None:
+    """Updates arrive on the UI thread while the worker embeds (the grid first, then the done
+    mask and the live PCA); Cancel keeps what is done, the next run resumes from it, and the
+    final maps replace the live ones."""
+    from napari_xmag import maps
+
+    viewer = make_napari_viewer()
+    open_slide(viewer, CMU1.path)
+    widget = make_widget(viewer, tmp_path, kmeans=False)
+    assert widget._live_edit.value  # the default
+    seen = []
+    show = widget._on_live
+
+    def record(layer, update):
+        seen.append(update)
+        show(layer, update)
+        if update.done >= 2:
+            widget.task.cancel()
+
+    widget._on_live = record
+    widget._on_run()
+    wait_for(qtbot, widget.task)
+    assert seen[0].done == 0 and seen[-1].done >= 2
+    assert "kept" in widget._status.value and "resume" in widget._status.value, widget._status.value
+    [progress] = owned(viewer, "live-progress")
+    assert (np.asarray(progress.data) == 2).sum() > 0  # what is done stays on the canvas
+    assert list((tmp_path / "features").rglob("*.h5.partial"))
+
+    seen.clear()
+    widget._on_live = lambda layer, update: (seen.append(update), show(layer, update))
+    widget._on_run()
+    wait_for(qtbot, widget.task)
+    assert widget._status.value.startswith("embedded:"), widget._status.value
+    assert seen[0].done >= 2 and seen[-1].final  # resumed, then every patch
+    assert not owned(viewer, "live-progress") and not owned(viewer, "live-pca")
+    [h5] = list((tmp_path / "features").rglob("*.h5"))
+    [pca] = owned(viewer, "pca")
+    ref, _, _ = maps.pca_map(h5).layer_data()
+    np.testing.assert_array_equal(np.asarray(pca.data), ref)  # the final map, refined over all patches
+    assert not list((tmp_path / "features").rglob("*.partial"))
 
 
 def test_says_what_is_wrong(make_napari_viewer, qtbot, tmp_path) -> None:

@@ -162,16 +162,21 @@ def slide_offset(layer: Any) -> np.ndarray:
     return np.asarray(layer.translate[-2:], np.float64)
 
 
+def owned_layers(viewer: napari.viewer.Viewer, role_key: str, role: str, slide: str) -> list[Any]:
+    """The layers a widget owns in ``role`` for ``slide`` (``metadata[role_key]``)."""
+    return [layer for layer in viewer.layers
+            if (owned := layer.metadata.get(role_key)) and isinstance(owned, dict)
+            and owned.get("role") == role and owned.get("slide") == slide]
+
+
 def replace_layer(viewer: napari.viewer.Viewer, role_key: str, role: str, slide: str,
                   layer_data: tuple[Any, dict[str, Any], str]) -> list[Any]:
     """Add ``layer_data`` as layers owned by a widget, removing the ones it replaces.
 
     A layer is replaced when its ``metadata[role_key]`` is ``{"role": role, "slide": slide}``.
     """
-    for layer in list(viewer.layers):
-        owned = layer.metadata.get(role_key)
-        if isinstance(owned, dict) and owned.get("role") == role and owned.get("slide") == slide:
-            viewer.layers.remove(layer)
+    for layer in owned_layers(viewer, role_key, role, slide):
+        viewer.layers.remove(layer)
     data, kwargs, kind = layer_data
     kwargs = dict(kwargs)
     kwargs["metadata"] = {**kwargs.get("metadata", {}), role_key: {"role": role, "slide": slide}}

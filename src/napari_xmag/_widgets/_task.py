@@ -50,6 +50,9 @@ def _signals_class() -> type:
 class BackgroundTask:
     """Runs ``work(*args, progress=..., cancel=...)`` in a worker thread for one widget.
 
+    With ``on_yield``, ``work`` is a generator: each value it yields reaches ``on_yield`` on the
+    UI thread (napari's ``yielded`` signal), and what it returns reaches ``on_done``.
+
     ``controls`` are disabled while it runs; ``cancel_button`` (if any) is enabled only then;
     ``status`` (a magicgui Label) shows what happens. ``cancelled_types``: exceptions that mean
     "the user cancelled" rather than a failure.
@@ -85,7 +88,7 @@ class BackgroundTask:
     def start(
         self, work: Callable[..., Any], *args: Any, message: str,
         on_done: Callable[[Any], None], on_failed: Callable[[BaseException], None] | None = None,
-        progress_total: int | None = None,
+        progress_total: int | None = None, on_yield: Callable[[Any], None] | None = None,
     ) -> bool:
         """Start ``work`` unless a run is going on; False (and a status line) when one is."""
         if self._worker is not None:
@@ -97,11 +100,15 @@ class BackgroundTask:
         def run() -> Any:
             return work(*args, progress=emit, cancel=cancel)
 
-        self._worker = create_worker(
-            run, _start_thread=False,
-            _connect={"returned": on_done, "errored": lambda err: self._on_error(err, on_failed),
-                      "finished": self._on_finished},
-        )
+        def run_yielding() -> Any:  # a generator function: napari makes a GeneratorWorker of it
+            return (yield from work(*args, progress=emit, cancel=cancel))
+
+        connect = {"returned": on_done, "errored": lambda err: self._on_error(err, on_failed),
+                   "finished": self._on_finished}
+        if on_yield is not None:
+            connect["yielded"] = on_yield
+        self._worker = create_worker(run if on_yield is None else run_yielding, _start_thread=False,
+                                     _connect=connect)
         for control in self._controls:
             control.enabled = False
         if self._cancel_button is not None:
@@ -126,7 +133,8 @@ class BackgroundTask:
 
     def _on_error(self, err: BaseException, on_failed: Callable[[BaseException], None] | None) -> None:
         if isinstance(err, self._cancelled_types):
-            self._status.value = f"Cancelled: {one_line(err)}; nothing was written."
+            kept = getattr(err, "kept", None)  # e.g. a partial embedding a rerun resumes from
+            self._status.value = f"Cancelled: {one_line(err)}; {kept or 'nothing was written'}."
             return
         message = one_line(err)
         self._status.value = message

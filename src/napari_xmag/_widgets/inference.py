@@ -2,9 +2,12 @@
 :mod:`napari_xmag.maps`.
 
 Pick a slide layer and a model, press *Embed and map*: the slide's tissue patches are embedded
-in a background thread (napari progress bar, *Cancel* stops it without writing anything) into
-``<output folder>/<model>-<weights>/<settings>/<slide>.h5`` (reused when it is already there),
-then the chosen maps appear on the slide: PCA colours, k-means segmentation, the tissue mask and
+in a background thread (napari progress bar; *Cancel* stops it and keeps what is done for the
+next run to resume from) into ``<output folder>/<model>-<weights>/<settings>/<slide>.h5``
+(reused when it is already there). With *live maps* (the default) the patch grid, a done mask
+and a PCA of the first patches fill in on the canvas while it runs, the batches nearest the
+centre of the current view first (:mod:`napari_xmag.live`); then the chosen maps appear on the
+slide: PCA colours, k-means segmentation, the tissue mask and
 the patch grid, each named kind first (``PCA · slide · random weights``) with its legend in the
 dock. Layers made with random weights say so in their names and metadata; that, a K reduced to
 the patch count and a missing µm/px also come as napari notifications. A slide that records no
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +39,11 @@ from magicgui.widgets import (
 from napari_xmag import maps as xmaps
 from napari_xmag._paths import user_cache_dir
 from napari_xmag._widgets._common import (
+    camera,
     in_scroll_area,
     layer_mpp_override,
     mpp_override_edit,
+    owned_layers,
     replace_layer,
     shifted,
     slide_info,
@@ -47,8 +54,9 @@ from napari_xmag._widgets._common import (
 )
 from napari_xmag._widgets._legend import Legend
 from napari_xmag._widgets._task import BackgroundTask, notify
-from napari_xmag.embed import EmbedCancelled, EmbedSettings, embed_slide
+from napari_xmag.embed import EmbedCancelled, EmbedSettings, SlideEmbedding, embed_slide
 from napari_xmag.features import read_features
+from napari_xmag.live import LiveUpdate, embed_slide_live
 from napari_xmag.maps import grid_for_features
 from napari_xmag.maps.slide_map import map_name
 from napari_xmag.models.precision import PRECISIONS
@@ -62,6 +70,8 @@ if TYPE_CHECKING:
 
 #: Metadata key of the layers this widget owns: ``{"role": ..., "slide": path}``.
 ROLE = "xmag-inference"
+#: The roles of the live layers (replaced by the final maps when the run ends).
+LIVE_ROLES = ("live-progress", "live-pca")
 MAGNIFICATIONS = ("5x", "20x", "10x", "2.5x", "40x")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 GRID_COLOUR = "#ffd400"
@@ -126,6 +136,9 @@ class InferenceWidget(Container):
         self._out_edit = FileEdit(label="features folder", mode="d", value=default_output_folder(),
                                   tooltip="features go to <folder>/<model>-<weights>/<settings>/<slide>.h5,"
                                   " reused when already there")
+        self._live_edit = CheckBox(text="live maps while embedding", value=True,
+                                   tooltip="the patch grid, a done mask and a PCA of the first patches fill"
+                                   " in as batches finish, nearest the view's centre first")
         self._pca_edit = CheckBox(text="PCA colours", value=True)
         self._kmeans_edit = CheckBox(text="k-means segmentation", value=True)
         self._k_edit = SpinBox(label="clusters (K)", value=6, min=2, max=20)
@@ -140,8 +153,8 @@ class InferenceWidget(Container):
         self._body = in_scroll_area(self, [
             self._slide_edit, self._mpp_override_edit, self._model_edit, self._model_choices,
             self._weights_edit, self._mpp_edit, self._stride_edit, self._threshold_edit,
-            self._device_edit, self._precision_edit, self._stain_edit, self._out_edit, self._pca_edit,
-            self._kmeans_edit, self._k_edit, self._mask_edit, self._grid_edit, buttons,
+            self._device_edit, self._precision_edit, self._stain_edit, self._out_edit, self._live_edit,
+            self._pca_edit, self._kmeans_edit, self._k_edit, self._mask_edit, self._grid_edit, buttons,
         ], [self._status, self.legend])
         self.task = BackgroundTask(
             "XMAG embedding", [self._run_button], self._status, self._cancel_button,
@@ -190,16 +203,48 @@ class InferenceWidget(Container):
         out_dir = run_folder(self._out_edit.value, model, weights, settings)
         wanted = {"pca": self._pca_edit.value, "kmeans": self._kmeans_edit.value,
                   "mask": self._mask_edit.value, "grid": self._grid_edit.value}
-        self.task.start(
-            _work, path, self._model(model, weights), out_dir, settings, wanted, int(self._k_edit.value),
-            message=f"Embedding {Path(path).name} with {model} ({weights} weights)...",
-            on_done=lambda result: self._on_returned(layer, result),
-        )
+        args = (path, self._model(model, weights), out_dir, settings, wanted, int(self._k_edit.value))
+        message = f"Embedding {Path(path).name} with {model} ({weights} weights)..."
+        def on_done(result: Any) -> None:
+            self._on_returned(layer, result)
+
+        if self._live_edit.value:
+            self.task.start(_work_live, *args, self._view_centre(layer), message=message, on_done=on_done,
+                            on_yield=lambda update: self._on_live(layer, update))
+        else:
+            self.task.start(_work, *args, message=message, on_done=on_done)
+
+    def _view_centre(self, layer: Any) -> tuple[float, float]:
+        """The centre of the current view in the slide's level-0 px (x, y)."""
+        y, x = np.asarray(camera(self._viewer).center[-2:], np.float64) - slide_offset(layer)
+        mpp = float(layer.scale[-1])
+        return (x / mpp, y / mpp)
+
+    def _on_live(self, layer: Any, update: LiveUpdate) -> None:
+        """Draw one live update: the layers' data replaced in place, added the first time."""
+        path, _ = slide_info(layer)
+        offset = slide_offset(layer)
+        for role, smap in zip(LIVE_ROLES, (update.progress, update.pca), strict=True):
+            if smap is None:
+                continue
+            # drawn at cell resolution: the final map is the one clipped to the slide's edge
+            data, kwargs, kind = shifted(replace(smap, metadata={**smap.metadata, "slide_size": None})
+                                         .layer_data(), offset)
+            existing = owned_layers(self._viewer, ROLE, role, path)
+            if existing and existing[0].data.shape == data.shape:
+                existing[0].data = data
+            else:
+                replace_layer(self._viewer, ROLE, role, path, (data, kwargs, kind))
+        self._status.value = (f"embedding: {update.done} of {update.total} patches"
+                              f" ({update.seconds:.1f} s)")
 
     def _on_returned(self, layer: Any, result: tuple[Any, list[tuple[str, tuple]], list[str]]) -> None:
         embedding, layers, notes = result
         path, _ = slide_info(layer)
         offset = slide_offset(layer)
+        for role in LIVE_ROLES:  # the live layers give way to the final maps
+            for done_layer in owned_layers(self._viewer, ROLE, role, path):
+                self._viewer.layers.remove(done_layer)
         shown = []
         for role, layer_data in layers:
             shown += replace_layer(self._viewer, ROLE, role, path, shifted(layer_data, offset))
@@ -244,6 +289,23 @@ def _work(
     notes the user should not miss."""
     model = lazy.get()
     embedding = embed_slide(path, model, out_dir, settings, progress=progress, cancel=cancel)
+    return _final_maps(path, embedding, settings, wanted, k)
+
+
+def _work_live(
+    path: str, lazy: _LazyModel, out_dir: Path, settings: Any, wanted: dict[str, bool], k: int,
+    near: tuple[float, float], *, progress: Any, cancel: threading.Event,
+) -> Generator[LiveUpdate, None, tuple[Any, list[tuple[str, tuple]], list[str]]]:
+    """:func:`_work` yielding live maps (at most every 250 ms) while it embeds."""
+    model = lazy.get()
+    embedding = yield from embed_slide_live(path, model, out_dir, settings, near=near, progress=progress,
+                                            cancel=cancel)
+    return _final_maps(path, embedding, settings, wanted, k)
+
+
+def _final_maps(
+    path: str, embedding: SlideEmbedding, settings: Any, wanted: dict[str, bool], k: int
+) -> tuple[Any, list[tuple[str, tuple]], list[str]]:
     data = read_features(embedding.output)
     notes = []
     if data.attrs.get("weights_random"):
