@@ -6,7 +6,8 @@ Usage::
 
 Builds the 40000 x 30000 pyramid from real tissue once (or reuses ``--slide``) and runs, one
 after another so that none slows another down: bench_reader.py, bench_embed.py, bench_speed.py,
-bench_stain.py, bench_search.py, bench_live.py, bench_wholeslide.py and bench_distill.py. Each prints its own detail; the table at the end
+bench_stain.py, bench_search.py, bench_live.py, bench_wholeslide.py and bench_distill.py. Each
+prints its own detail; the table at the end
 collects their summary rows. ``--quick`` skips the fp32 whole-slide run (~5 min) and shortens
 the distillation run. The whole run takes about 20 minutes on 2 cores (12 with ``--quick``).
 """
