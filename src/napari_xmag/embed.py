@@ -54,7 +54,7 @@ from .features import (
     write_partial,
 )
 from .models.precision import check_precision, inference_precision, prepare_model, resolve_device
-from .provenance import model_identity
+from .provenance import model_identity, same_weights_keys
 from .slide import Slide, SlideError, parse_mpp
 from .stain import STAIN_METHODS, fit_stain_normalizer
 from .tiling import check_patch_fits, patch_grid, require_patches, tissue_mask
@@ -609,11 +609,7 @@ def _settings_keys(attrs: dict[str, Any], existing: dict[str, Any] | None = None
     keys = {k: attrs[k] for k in _SETTING_KEYS if k in attrs}
     if existing is None:
         return keys
-    if existing.get("weights_tensors_sha256") and keys.get("weights_tensors_sha256"):
-        keys.pop("weights_sha256", None)  # the same tensors, whichever file or path they came from
-        keys.pop("weights_source", None)
-    elif not existing.get("weights_tensors_sha256"):
-        keys.pop("weights_tensors_sha256", None)
+    keys = same_weights_keys(keys, existing)
     if "stain_norm" not in existing and keys.get("stain_norm") == "none":  # before stain normalisation
         keys.pop("stain_norm", None)
         keys.pop("stain_reference", None)

@@ -7,9 +7,17 @@ torch here (models are duck-typed), so maps and widgets use it without loading o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RANDOM_WEIGHTS", "RANDOM_WEIGHTS_TAG", "model_identity", "random_weights_warning", "tagged_name"]
+__all__ = [
+    "RANDOM_WEIGHTS",
+    "RANDOM_WEIGHTS_TAG",
+    "model_identity",
+    "random_weights_warning",
+    "same_weights_keys",
+    "tagged_name",
+]
 
 #: In layer names, captions and tables: ``PCA · CMU-1-Small-Region · random weights``.
 RANDOM_WEIGHTS = "random weights"
@@ -45,3 +53,17 @@ def model_identity(model: Any) -> dict[str, Any]:
         "weights_random": bool(weights.random),
         "weights_heads": weights.heads,
     }
+
+
+def same_weights_keys(keys: Mapping[str, Any], existing: Mapping[str, Any]) -> dict[str, Any]:
+    """``keys`` (identity values of this run) less what need not match ``existing`` (what an
+    output records) for the two to be the same weights: when both record the weight tensors'
+    hash, the file they came from does not matter (a re-exported file is the same model); an
+    output made before that hash existed is compared by its file hash instead."""
+    keys = dict(keys)
+    if existing.get("weights_tensors_sha256") and keys.get("weights_tensors_sha256"):
+        keys.pop("weights_sha256", None)
+        keys.pop("weights_source", None)
+    elif not existing.get("weights_tensors_sha256"):
+        keys.pop("weights_tensors_sha256", None)
+    return keys

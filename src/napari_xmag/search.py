@@ -46,6 +46,7 @@ from .formats import h5
 from .formats import zarr as zarr_store
 from .maps import MapError, SlideMap, grid_for_features, rasterize_mean
 from .maps.slide_map import base_metadata, make_map, map_name
+from .provenance import same_weights_keys
 
 __all__ = [
     "CSV_COLUMNS",
@@ -128,10 +129,9 @@ def check_model(model: Mapping[str, Any], attrs: Mapping[str, Any], dim: int, pa
     if int(model.get("dim", dim)) != int(dim):
         raise SearchError(f"{path}: features of {dim} dimensions, but the query's have {model['dim']}:"
                           " made by another model; search features of the query's model")
-    keys = [k for k in IDENTITY_KEYS if _given(model.get(k)) and _given(attrs.get(k))]
-    if "weights_tensors_sha256" in keys:
-        keys = [k for k in keys if k not in ("weights_sha256", "weights_source")]
-    differ = settings_differ({k: attrs[k] for k in keys}, {k: model[k] for k in keys})
+    given = {k: model[k] for k in IDENTITY_KEYS if _given(model.get(k)) and _given(attrs.get(k))}
+    keys = same_weights_keys(given, attrs)
+    differ = settings_differ({k: attrs[k] for k in keys}, keys)
     if differ:
         key, (theirs, ours) = next(iter(differ.items()))
         raise SearchError(f"{path}: made by another model than the query ({key} {_short(theirs)}, the"
