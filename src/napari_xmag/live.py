@@ -140,6 +140,8 @@ def _update(step: EmbedStep, grid: MapGrid, header: FeatureHeader, pca: LivePCA,
     pca_map = None
     if colours is not None:
         rgb = np.moveaxis(rasterize_mean(grid, rows, cols, colours), 0, -1)
+        # uint8 (0 where no patch, as pca_map(dtype="uint8")): a quarter of float32 to redraw
+        rgb = np.where(np.isfinite(rgb), np.rint(np.nan_to_num(rgb) * 255), 0).astype(np.uint8)
         meta = base_metadata(header, grid, "pca", classes=["PC1", "PC2", "PC3"], live=True,
                              colors=[[255, 0, 0], [0, 255, 0], [0, 0, 255]], fitted_on=pca.fit_patches,
                              values="first 3 principal components of the first patches embedded,"

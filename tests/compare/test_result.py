@@ -68,3 +68,22 @@ def test_matched_labels_rename_teacher_clusters_one_to_one() -> None:
     renamed = matched_labels(s4, t4)
     assert renamed.tolist()[:2] == [1, 1] and renamed.min() >= 1 and len(set(renamed.tolist())) == 3
     assert matched_labels(np.array([0, 1]), np.array([0, 2])).tolist() == [0, 1]  # 0 stays 0
+
+
+def test_maps_of_a_comparison_end_with_the_slide(whole) -> None:
+    """CMU-1's last 5x patch row reaches past its edge: the cosine map is drawn at sub-cells and
+    ends within half a sub-cell of the slide (as every map does, issue 12)."""
+    from napari_xmag.compare import cosine_map
+
+    result, _ = whole
+    smap = cosine_map(result)
+    assert smap.metadata["slide_size"] == list(result.report["slide_dimensions"])
+    data, kw, _ = smap.layer_data()
+    k = kw["metadata"]["xmag_map"]["display_subcells"]
+    assert k > 1
+    mpp = float(result.report["slide_mpp"])
+    rows = np.flatnonzero(np.isfinite(data).any(axis=1))
+    step_um = kw["scale"][0]
+    bottom_um = kw["translate"][0] + (rows.max() + 0.5) * step_um  # the last drawn sub-cell's lower edge
+    height_um = (result.report["slide_dimensions"][1] - 0.5) * mpp
+    assert abs(bottom_um - height_um) <= step_um / 2 + 1e-6

@@ -63,7 +63,7 @@ from napari_xmag.compare.tables import RankedPatch
 from napari_xmag.embed import EmbedCancelled
 from napari_xmag.models.precision import PRECISIONS
 from napari_xmag.models.registry import list_models
-from napari_xmag.provenance import random_weights_warning, tagged_name
+from napari_xmag.provenance import random_weights_warning
 from napari_xmag.slide import Slide, level0_to_um, um_to_level0
 from napari_xmag.stain import STAIN_METHODS
 
@@ -260,9 +260,8 @@ class ComparisonWidget(Container):
             if slide is not None:
                 panels.append(self._show_slide_copy(side, slide, offset))
             raster = maps.rasterize_labels(grid, rows, cols, labels)
-            name = tagged_name(f"{side} clusters · {r[side]['model']} · {slide_name}",
-                               r[side]["weights"]["random"])
-            shown.append(self._show_labels(side, raster, grid, offset, name, maps.label_colors(k),
+            name = f"{side} clusters · {r[side]['model']} · {slide_name}"
+            shown.append(self._show_labels(side, raster, cos, offset, name, maps.label_colors(k),
                                            bool(r[side]["weights"]["random"])))
         rows_ = report_rows(result.report)
         self._table.value = {"data": [[v] for v in rows_.values()], "index": list(rows_),
@@ -361,10 +360,12 @@ class ComparisonWidget(Container):
             with Slide(path, mpp=mpp) as slide:
                 return disagreement_views(result, slide, rank)
 
-        return self.views_task.start(
+        started = self.views_task.start(
             work, message=f"{self._scores(rank)}\nReading what each model saw...",
             on_done=lambda views: self._on_views(views, boxes),
         )
+        _scroll_to(self._step_status)  # the step's scores and Previous / Next, not the run's form
+        return started
 
     def _on_views(self, views: PatchViews, boxes: dict[str, np.ndarray]) -> None:
         if views.patch.rank != self.rank:  # stepped on meanwhile (a click on the table)
@@ -382,6 +383,7 @@ class ComparisonWidget(Container):
         slide = self._slide_for(self.result) if self.result is not None else None
         self._viewer.layers.selection.active = slide if slide is not None else student
         self._step_status.value = self._scores(views.patch.rank)
+        _scroll_to(self._step_status)
 
     def _scores(self, rank: int) -> str:
         """The dock's line on the patch at ``rank``: where it is, its cosine, its cluster's."""
@@ -529,19 +531,20 @@ class ComparisonWidget(Container):
         layer.translate = offset
         return layer
 
-    def _show_labels(self, side: str, raster: np.ndarray, grid: Any, offset: tuple[float, float],
+    def _show_labels(self, side: str, raster: np.ndarray, cos: Any, offset: tuple[float, float],
                      name: str, colors: list[list[int]], random: bool) -> Any:
-        cmap = maps.label_colormap(colors)
-        translate = (grid.translate[0] + offset[0], grid.translate[1] + offset[1])
+        """A cluster panel: labels on the cosine map's grid, ending with the slide as every map does."""
+        meta = {**cos.metadata, "kind": "labels", "classes": maps.cluster_names(len(colors)),
+                "colors": colors, "weights_random": random}
+        data, kw, _ = maps.SlideMap(raster.astype(np.int32), cos.scale, cos.translate, "labels", name, meta,
+                                    cos.grid).layer_data()
         role = f"{side} clusters"
         layer = self._owned(role)
         if layer is not None:
             self._viewer.layers.remove(layer)
-        return self._viewer.add_labels(
-            raster.astype(np.int32), name=name, scale=grid.scale, translate=translate,
-            units=("um", "um"), opacity=0.6, colormap=cmap, metadata={ROLE: role, "weights_random": random},
-            features=maps.class_features(maps.cluster_names(len(colors))),
-        )
+        kw.update(translate=tuple(np.add(kw["translate"], offset)), opacity=0.6,
+                  metadata={**kw["metadata"], ROLE: role, "weights_random": random})
+        return self._viewer.add_labels(data, **kw)
 
 
 def _table(max_height: int) -> Table:
@@ -550,6 +553,17 @@ def _table(max_height: int) -> Table:
     table.native.setMaximumHeight(max_height)  # it scrolls
     table.native.verticalHeader().setVisible(False)  # the rank (or order) is a column of its own
     return table
+
+
+def _scroll_to(widget: Any) -> None:
+    """Scroll the dock (the scroll area around its body) until ``widget`` is in view."""
+    from qtpy.QtWidgets import QScrollArea
+
+    area = widget.native.parentWidget()
+    while area is not None and not isinstance(area, QScrollArea):
+        area = area.parentWidget()
+    if area is not None:
+        area.ensureWidgetVisible(widget.native, 0, 8)
 
 
 def _cos(value: float | None) -> str:

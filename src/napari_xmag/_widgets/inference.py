@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Generator
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,9 +226,7 @@ class InferenceWidget(Container):
         for role, smap in zip(LIVE_ROLES, (update.progress, update.pca), strict=True):
             if smap is None:
                 continue
-            # drawn at cell resolution: the final map is the one clipped to the slide's edge
-            data, kwargs, kind = shifted(replace(smap, metadata={**smap.metadata, "slide_size": None})
-                                         .layer_data(), offset)
+            data, kwargs, kind = shifted(smap.layer_data(), offset)  # ends with the slide, as the maps
             existing = owned_layers(self._viewer, ROLE, role, path)
             if existing and existing[0].data.shape == data.shape:
                 existing[0].data = data

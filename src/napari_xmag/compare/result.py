@@ -238,8 +238,10 @@ def patch_map(result: ComparisonResult, values: np.ndarray, label: str, note: st
     rows, cols = grid.cells(result.coords, str(result.out_dir))
     data = rasterize_mean(grid, rows, cols, np.asarray(values, np.float64))
     slide_path = str(report.get("slide") or "")
+    size = report.get("slide_dimensions") or [None, None]  # so that the map ends with the slide
     header = FeatureHeader(result.coords, {"slide_path": slide_path, "mpp": student.get("mpp")},
-                           {"name": Path(slide_path).stem}, None)
+                           {"name": Path(slide_path).stem, "level0_width": size[0], "level0_height": size[1]},
+                           None)
     weights_random = any(bool(side.get("weights", {}).get("random")) for side in (student, teacher))
     meta = base_metadata(
         header, grid, "cosine",
