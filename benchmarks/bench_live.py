@@ -68,7 +68,7 @@ def main() -> None:
                 break
         # the cost of live maps: plain and live runs in turn (A/B pairs), the median ratio
         ratios, walls = [], []
-        for pair in range(2):
+        for pair in range(3):
             t = time.perf_counter()
             embed_slide(slide, model, Path(tmp) / f"plain{pair}", settings, progress=False)
             plain_wall = time.perf_counter() - t
