@@ -275,3 +275,34 @@ def test_cpu_precisions_match_a_plain_conversion_and_leave_the_model_alone() -> 
     with torch.no_grad():
         next(model.parameters()).add_(1.0)  # as an optimiser step would
     assert prepare_model(model, "cpu", "int8")[0] is not q
+
+
+def test_a_partial_of_another_model_or_a_failed_keep_never_gets_in_the_way(
+        tmp_path, pyramid_path, tiny_xmag, monkeypatch) -> None:
+    """A partial left by a model of another width is not resumed (it embeds from 0, no crash);
+    a partial that cannot be written does not hide the cancel that asked for it."""
+    import napari_xmag.embed as embed_module
+
+    cancel = threading.Event()
+
+    def stop_at_once(done, total):
+        cancel.set()
+
+    settings = EmbedSettings(batch_size=2, precision="fp32")
+    with pytest.raises(EmbedCancelled):
+        embed_slide(pyramid_path, tiny_xmag, tmp_path, settings, progress=stop_at_once, cancel=cancel)
+    wider = create_model("xmag", weights="random", tiny=True, overrides={"embed_dim": 48, "num_heads": 2})
+    seen = []
+    result = embed_slide(pyramid_path, wider, tmp_path, settings, progress=lambda d, t: seen.append(d))
+    assert result.resumed == 0 and seen[-1] == result.patches  # from 0, not from the other model's rows
+    assert read_features(result.output).features.shape[1] == wider.embed_dim
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(embed_module, "write_partial", no_space)
+    cancel.clear()
+    with pytest.raises(EmbedCancelled) as stopped:
+        embed_slide(pyramid_path, tiny_xmag, tmp_path / "full", settings, progress=stop_at_once,
+                    cancel=cancel)
+    assert stopped.value.kept is None  # nothing kept, said as such; the cancel is what the caller sees

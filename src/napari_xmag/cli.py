@@ -438,13 +438,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xmag {args.command}: error: out of memory; nothing was written (XMAG_MEMORY_BUDGET_MB"
               " bounds what one input may allocate)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"xmag {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        kept = getattr(err, "kept", None)  # a partial embedding the next run resumes from
+        print(f"xmag {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 130
     except Exception as err:
         if not isinstance(err, _user_errors(loaded_only=True)) or os.environ.get("XMAG_DEBUG"):
             raise
-        print(f"xmag {args.command}: error: {err}", file=sys.stderr)
+        kept = getattr(err, "kept", None)
+        print(f"xmag {args.command}: error: {err}" + (f" ({kept})" if kept else ""), file=sys.stderr)
         return 2
 
 
@@ -588,7 +590,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         """One slide's failure: the error itself when it is the only slide, else said and kept."""
         if len(args.slides) == 1:
             raise err
-        failed[path] = reason or str(err)
+        kept = getattr(err, "kept", None)
+        failed[path] = (reason or str(err)) + (f" ({kept})" if kept else "")
         _warn(f"xmag embed: {path}: error: {failed[path]}")
 
     for path in args.slides:  # a missing file is said before the (slower) imports below

@@ -143,16 +143,19 @@ class SlideEmbedding:
     patches: int
     seconds: float
     skipped: bool = False
+    resumed: int = 0  # patches taken from an earlier, stopped run (not embedded in ``seconds``)
 
     @property
     def patches_per_second(self) -> float:
-        return self.patches / self.seconds if self.seconds > 0 else float("nan")
+        done = self.patches - self.resumed
+        return done / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
         if self.skipped:
             return f"{self.slide.name}: already done ({self.patches} patches) -> {self.output}"
+        resumed = f", {self.resumed} of them resumed" if self.resumed else ""
         return (
-            f"{self.slide.name}: {self.patches} patches in {self.seconds:.1f} s"
+            f"{self.slide.name}: {self.patches} patches{resumed} in {self.seconds:.1f} s"
             f" ({self.patches_per_second:.1f} patches/s) -> {self.output}"
         )
 
@@ -168,7 +171,7 @@ def iter_patch_batches(
     mpp_override: float | None = None,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     starts: Sequence[int] | None = None,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     """(B, patch_size, patch_size, 3) uint8 batches in ``coords`` order: ``coords[s : s + B]``
     for each ``s`` of ``starts`` (default: every batch, in order).
 
@@ -228,7 +231,7 @@ def embed_batches(
     cancel: threading.Event | None = None,
     description: str = "embedding",
     done: int = 0,
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+) -> Generator[tuple[np.ndarray, np.ndarray | None], None, None]:
     """Embed uint8 patch batches one by one: yields (features (B, D) float32, token grids or None).
 
     ``cancel`` is polled before each batch (:class:`EmbedCancelled`, counting from ``done``)."""
@@ -410,8 +413,10 @@ def embed_slide_steps(
     n = len(grid)
     batch_size = settings.batch_size or default_batch_size(settings.device)
     # token grids are not kept part-way: a run with them starts again
-    key = None if settings.tokens else partial_key(_settings_keys(run_attrs), grid.coords, batch_size)
-    partial = read_partial(output, key, n) if key is not None else None
+    key = None if settings.tokens else partial_key(_partial_identity(run_attrs, settings), grid.coords,
+                                                  batch_size)
+    dim = int(getattr(model, "embed_dim", 0) or 0) or None
+    partial = read_partial(output, key, n, dim) if key is not None else None
     done = partial.done.copy() if partial is not None else np.zeros(n, bool)
     features = partial.features if partial is not None else None
     resumed = int(done.sum())
@@ -430,10 +435,24 @@ def embed_slide_steps(
     bar = progress_bar(progress, n, slide_path.name)
     if resumed:
         bar(resumed)
+    embedded = embed_batches(model, batches, n, device=settings.device, precision=settings.precision,
+                             tokens=settings.tokens, cancel=cancel, description=slide_path.name,
+                             done=resumed)
+
+    def keep(err: BaseException) -> None:
+        """Keep the rows done for a resume; never mask ``err`` with a failure to keep them."""
+        if key is None or features is None or not done.any():
+            return
+        try:
+            kept = write_partial(output, key, PartialFeatures(features, done))
+        except Exception as failure:  # a full or read-only disk: the run's own error matters more
+            log.warning("%s: could not keep the %d patches done for a resume: %s", output, int(done.sum()),
+                        failure)
+            return
+        if kept is not None:
+            err.kept = f"{int(done.sum())} of {n} patches kept in {kept.name}; run again to resume"  # type: ignore[attr-defined]
+
     try:
-        embedded = embed_batches(model, batches, n, device=settings.device, precision=settings.precision,
-                                 tokens=settings.tokens, cancel=cancel, description=slide_path.name,
-                                 done=resumed)
         for first, (pooled, tokens) in zip(todo, embedded, strict=False):
             if features is None:
                 features = np.zeros((n, pooled.shape[1]), np.float32)
@@ -445,13 +464,12 @@ def embed_slide_steps(
             bar(int(done.sum()))
             yield step(rows)
     except BaseException as err:
-        if key is not None and features is not None and done.any():
-            kept = write_partial(output, key, PartialFeatures(features, done))
-            if kept is not None and isinstance(err, EmbedCancelled):
-                err.kept = f"{int(done.sum())} of {n} patches kept in {kept.name}; run again to resume"
+        keep(err)
         raise
     finally:
         bar(None)
+        embedded.close()  # the reader threads and their slide handles go now, not at a later GC
+        batches.close()
     if features is None:  # a slide of no batches cannot happen (require_patches), but stay whole
         features = np.zeros((n, int(getattr(model, "embed_dim", 0) or 0)), np.float32)
     token_grid = None
@@ -463,12 +481,14 @@ def embed_slide_steps(
         write_features(output, FeatureSet(grid.coords, features, run_attrs, coords_attrs, token_grid),
                        overwrite=overwrite)
     except (OSError, RuntimeError) as err:  # h5py reports a failed write as RuntimeError
+        keep(err)  # every row is done: a rerun only writes
         clear = output_error(output, err, "the features file")
         if clear is None:
             raise
+        clear.kept = getattr(err, "kept", None)  # type: ignore[attr-defined]
         raise clear from err
     remove_partial(output)
-    return SlideEmbedding(slide_path, output, n, seconds)
+    return SlideEmbedding(slide_path, output, n, seconds, resumed=resumed)
 
 
 def check_slide(slide_path: str | os.PathLike[str], settings: EmbedSettings | None = None) -> None:
@@ -614,6 +634,18 @@ def _settings_keys(attrs: dict[str, Any], existing: dict[str, Any] | None = None
         keys.pop("stain_norm", None)
         keys.pop("stain_reference", None)
     return keys
+
+
+def _partial_identity(run_attrs: dict[str, Any], settings: EmbedSettings) -> dict[str, Any]:
+    """What a partial run must share with this one for its rows to be this run's rows: the
+    settings, the slide itself (its fingerprint, not its path), the model as a whole, the
+    version and where the model runs (another device or torch computes other bits)."""
+    import torch  # the model is built: torch is loaded already
+
+    keys = ("slide_fingerprint", "slide_size", "overrides", "embed_dim", "weights_revision", "weights_heads",
+            "xmag_version")
+    return {**_settings_keys(run_attrs), **{k: run_attrs.get(k) for k in keys},
+            "device": resolve_device(settings.device).type, "torch": torch.__version__}
 
 
 def run_attributes(slide: Slide, identity: dict[str, Any], settings: EmbedSettings, precision: str

@@ -362,14 +362,19 @@ def write_partial(output: str | os.PathLike[str], key: str, state: PartialFeatur
     return path
 
 
-def read_partial(output: str | os.PathLike[str], key: str, rows: int) -> PartialFeatures | None:
-    """The partial state of ``output`` when it is ours, of this run (``key``) and ``rows`` long."""
+def read_partial(output: str | os.PathLike[str], key: str, rows: int, dim: int | None = None
+                 ) -> PartialFeatures | None:
+    """The partial state of ``output`` when it is ours, of this run (``key``), ``rows`` long (and
+    ``dim`` wide, when given)."""
     path = partial_path(output)
     if not _is_partial(path):
         return None
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("key") != key or f["done"].shape != (rows,) or f["features"].shape[0] != rows:
+            shape = f["features"].shape
+            if f.attrs.get("key") != key or f["done"].shape != (rows,) or len(shape) != 2 or shape[0] != rows:
+                return None
+            if dim is not None and shape[1] != dim:
                 return None
             features, done = f["features"][...], f["done"][...]
         return PartialFeatures(np.asarray(features, np.float32), np.asarray(done, bool))

@@ -77,14 +77,14 @@ class LivePCA:
         if not self.fitted:
             if done.sum() < min(self.fit_patches, max(MIN_FIT_PATCHES, n // 4), n):
                 return None
-            self._fit(features[done])
+            self._fit(features[np.flatnonzero(done)[: self.fit_patches]])  # bounded, even after a resume
         new = done & np.isnan(self._values[:, 0])
         if new.any():
             self._values[new] = self._project(features[new])
         return self._values
 
     def _fit(self, x: np.ndarray) -> None:
-        x = np.asarray(x, np.float64)
+        x = np.nan_to_num(np.asarray(x, np.float64))  # a preview must never stop the run
         self._mean = x.mean(axis=0)
         # the first three right singular vectors: sklearn's PCA, without its per-call set-up
         _, _, vt = np.linalg.svd(x - self._mean, full_matrices=False)
@@ -97,7 +97,7 @@ class LivePCA:
 
     def _project(self, x: np.ndarray) -> np.ndarray:
         assert self._mean is not None and self._axes is not None
-        scores = (np.asarray(x, np.float64) - self._mean) @ self._axes.T
+        scores = (np.nan_to_num(np.asarray(x, np.float64)) - self._mean) @ self._axes.T
         return np.clip((scores - self._lo) / self._width, 0.0, 1.0)
 
 

@@ -84,6 +84,8 @@ IDENTITY_KEYS = ("model", "tiny", "overrides", "embed_dim", "weights_source", "w
 #: A rectangle's patches each become a prototype: past this many the query costs as much as a
 #: small folder per slide searched; use mode "mean" or a smaller region.
 MAX_PROTOTYPES = 256
+#: A saved query is at most MAX_PROTOTYPES vectors: a bigger file is not one of ours.
+QUERY_MAX_BYTES = 32 << 20
 #: Past this many values (patches x dims) searched, ``index="auto"`` uses the faiss index when it
 #: is installed. Exact search reads every value once per query (about 0.25 s per 1e9 values
 #: warm here, more when they no longer fit the page cache); the index answers in about a
@@ -186,7 +188,7 @@ class Query:
         path = Path(path)
         if not path.is_file():
             raise SearchError(f"{path}: no such query file")
-        data = read_small_json(path)
+        data = read_small_json(path, limit=QUERY_MAX_BYTES)  # 256 prototypes x 4096 floats fit easily
         if not isinstance(data, dict) or data.get("format") != QUERY_FORMAT:
             raise SearchError(f"{path}: not a napari-xmag query (a QUERY.json from xmag search --save-query)")
         try:
@@ -196,6 +198,9 @@ class Query:
             raise SearchError(f"{path}: a damaged query file ({type(err).__name__}: {err})") from None
         if vectors.ndim != 2 or not len(vectors) or not np.isfinite(vectors).all() or mode not in MODES:
             raise SearchError(f"{path}: a damaged query file (vectors {vectors.shape}, mode {mode!r})")
+        if len(vectors) > MAX_PROTOTYPES or int(model.get("dim") or vectors.shape[1]) != vectors.shape[1]:
+            raise SearchError(f"{path}: a damaged query file ({len(vectors)} vectors of {vectors.shape[1]}"
+                              f" values; at most {MAX_PROTOTYPES}, of the model's width)")
         return cls(_unit(vectors), mode, model, source)
 
 

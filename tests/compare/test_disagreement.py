@@ -179,3 +179,22 @@ def test_foreign_csv_refused_before_anything_is_written(result, name) -> None:
     assert (out / name).read_text().startswith("my notes")
     write_comparison(result, overwrite=True)
     assert _csv(out / name)[0][0] in ("rank", "cluster")
+
+
+def test_views_of_a_stain_normalised_comparison_are_normalised(result) -> None:
+    """A comparison run with --stain-norm showed both models normalised pixels: so do its views."""
+    from dataclasses import replace
+
+    from napari_xmag.stain import fit_stain_normalizer
+
+    normed = replace(result, report={**result.report, "stain_norm": "macenko", "stain_reference": "default"})
+    views = disagreement_views(normed, CMU1.path, 1)
+    with Slide(CMU1.path) as slide:
+        normalizer = fit_stain_normalizer(slide, "macenko")
+        assert normalizer is not None
+        patch = views.patch
+        raw = slide.read_region(patch.x, patch.y, 224, mpp=2.0).image
+        crops = np.stack([slide.read_region(x, y, 224, mpp=0.5).image for x, y in patch.crops])
+    np.testing.assert_array_equal(views.student, normalizer(raw[None])[0])
+    np.testing.assert_array_equal(views.crops, normalizer(crops))
+    assert not np.array_equal(views.student, raw)

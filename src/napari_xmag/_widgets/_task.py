@@ -121,7 +121,7 @@ class BackgroundTask:
     def cancel(self, _event: Any = None) -> None:
         if self._worker is not None:
             self._cancel.set()
-            self._status.value = "Cancelling after the current step; nothing half-done is kept."
+            self._status.value = "Cancelling after the current step."
 
     # ---- on the UI thread ------------------------------------------------------------------
     def _on_progress(self, done: int, total: int) -> None:
@@ -136,7 +136,8 @@ class BackgroundTask:
             kept = getattr(err, "kept", None)  # e.g. a partial embedding a rerun resumes from
             self._status.value = f"Cancelled: {one_line(err)}; {kept or 'nothing was written'}."
             return
-        message = one_line(err)
+        kept = getattr(err, "kept", None)  # what a failed run kept for the next one to resume from
+        message = one_line(err) + (f" ({kept})" if kept else "")
         self._status.value = message
         notify(f"{self.title}: {message}", "error")
         if on_failed is not None:

@@ -535,7 +535,8 @@ class ComparisonWidget(Container):
                      name: str, colors: list[list[int]], random: bool) -> Any:
         """A cluster panel: labels on the cosine map's grid, ending with the slide as every map does."""
         meta = {**cos.metadata, "kind": "labels", "classes": maps.cluster_names(len(colors)),
-                "colors": colors, "weights_random": random}
+                "colors": colors, "weights_random": random,
+                "values": f"{side} k-means cluster of each 5x patch", "units": ""}
         data, kw, _ = maps.SlideMap(raster.astype(np.int32), cos.scale, cos.translate, "labels", name, meta,
                                     cos.grid).layer_data()
         role = f"{side} clusters"

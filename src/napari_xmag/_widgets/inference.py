@@ -216,8 +216,8 @@ class InferenceWidget(Container):
     def _view_centre(self, layer: Any) -> tuple[float, float]:
         """The centre of the current view in the slide's level-0 px (x, y)."""
         y, x = np.asarray(camera(self._viewer).center[-2:], np.float64) - slide_offset(layer)
-        mpp = float(layer.scale[-1])
-        return (x / mpp, y / mpp)
+        mpp_y, mpp_x = (float(v) for v in layer.scale[-2:])
+        return (x / mpp_x, y / mpp_y)
 
     def _on_live(self, layer: Any, update: LiveUpdate) -> None:
         """Draw one live update: the layers' data replaced in place, added the first time."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..maps import SlideMap, kmeans_labels
 from ..slide import Slide
+from ..stain import fit_stain_normalizer
 from .result import ComparisonResult, patch_map, read_comparison
 from .tables import ClusterRow, RankedPatch, cluster_rows, ranked_patches
 
@@ -131,11 +132,17 @@ def _mpp_override(report: dict[str, Any]) -> float | None:
 
 
 def _read_views(report: dict[str, Any], slide: Slide, patch: RankedPatch) -> PatchViews:
-    # read as compare_slide read them (embed.iter_patch_batches): the same call, the same pixels
+    # read as compare_slide read them (embed.iter_patch_batches): the same call, the same pixels,
+    # stain-normalised as they were (fitted on the slide the same way)
     student, teacher = report["student"], report["teacher"]
     s_mpp, t_mpp = float(student["mpp"]), float(teacher["mpp"])
+    reference = report.get("stain_reference") or None
+    normalizer = fit_stain_normalizer(slide, str(report.get("stain_norm") or "none"),
+                                      None if reference == "default" else reference)
     image = slide.read_region(patch.x, patch.y, int(student["patch_size"]), mpp=s_mpp).image
     crops = np.stack([slide.read_region(x, y, int(teacher["crop_size"]), mpp=t_mpp).image
                       for x, y in patch.crops])
+    if normalizer is not None:
+        image, crops = normalizer(image[None])[0], normalizer(crops)
     return PatchViews(patch=patch, student=image, crops=crops, student_mpp=s_mpp, teacher_mpp=t_mpp,
                       size_level0=float(student["patch_size_level0"]))

@@ -266,11 +266,11 @@ _FILES = ((ARRAYS_NAME, ARRAYS_KIND), (RANKING_NAME, RANKING_KIND), (CLUSTERS_NA
 
 def check_comparison_folder(out_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Refuse, before any work, an output folder whose ``report.json``, ``compare.h5``,
-    ``disagreement.csv`` or ``clusters.csv`` is not one a comparison of ours wrote (unless ``overwrite``);
-    other files there are never touched."""
+    ``disagreement.csv`` or ``clusters.csv`` is not one a comparison of ours wrote (unless
+    ``overwrite``); other files there are never touched."""
     out = Path(out_dir)
     check_output_folder(out)
-    for name, kind in _FILES:
+    for name, kind in sorted(_FILES, key=lambda item: item[0] != REPORT_NAME):  # the report first
         check_target(out / name, kind, overwrite)
 
 

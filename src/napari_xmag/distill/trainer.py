@@ -246,7 +246,8 @@ class _Run:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lr_schedule(config.schedule, self.total, config.warmup_steps, config.lr, config.min_lr),
+            lr_schedule(config.schedule, self.total, config.warmup_steps, config.step_lr(dist.world_size),
+                        config.min_lr),
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.ema = ModelEma(self.student, config.ema_decay, warmup=config.ema_warmup)
@@ -294,7 +295,7 @@ class _Run:
         if (state["batches_per_epoch"], state["world_size"]) != (self.per_epoch, self.dist.world_size):
             raise TrainError(
                 f"cannot resume exactly: the checkpoint ran {state['world_size']} process(es) with"
-                f" {state['batches_per_epoch']} batches per epoch, this run {self.dist.world_size}"
+                f" {state['batches_per_epoch']} optimiser steps per epoch, this run {self.dist.world_size}"
                 f" with {self.per_epoch}"
             )
         self.student.load_state_dict(state["student"])
