@@ -199,6 +199,18 @@ def test_auto_is_exact_without_faiss(folder, tmp_path, monkeypatch) -> None:
         search.search_folder(folder, query, cache_dir=tmp_path / "cache", index="faiss")
 
 
+def test_an_index_that_would_not_fit_in_memory_is_not_built(folder, tmp_path, monkeypatch) -> None:
+    """Faiss's IVF-flat index holds every vector while it is built: past the memory budget it is
+    refused when asked for, and auto searches exactly (streaming the memory-mapped cache)."""
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(search, "INDEX_MIN_VALUES", 1)  # auto would take the index here
+    monkeypatch.setattr(search, "too_big", lambda nbytes: f"it would need {nbytes:.0f} bytes")
+    query = search.query_from_region(folder / "a.h5", 250, 250)
+    with pytest.raises(search.SearchError, match="cannot build the faiss index: it would need"):
+        search.search_folder(folder, query, cache_dir=tmp_path / "cache", index="faiss")
+    assert search.search_folder(folder, query, cache_dir=tmp_path / "cache").method == "exact"
+
+
 def test_folder_refusals(folder, tmp_path) -> None:
     query = search.query_from_region(folder / "a.h5", 250, 250)
     with pytest.raises(search.SearchError, match="nowhere: no such folder"):

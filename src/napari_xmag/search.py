@@ -39,6 +39,7 @@ import numpy as np
 
 from . import __version__
 from ._atomic import OutputKind, atomic_path, json_kind, read_small_json, write_json
+from ._memory import too_big
 from ._paths import InputFileError, user_cache_dir
 from ._values import from_attrs, positive_float
 from .features import FeatureFileError, FeatureSet, feature_path, read_features, settings_differ
@@ -638,7 +639,13 @@ def search_folder(
             read = _build_pack(target, files, described, where, old, progress, cancel)
         pack = _Pack(cache / name, read_small_json(cache / name / "meta.json"))
     values = int(pack.offsets[-1]) * query.dim
-    use_index = index == "faiss" or (index == "auto" and values >= INDEX_MIN_VALUES and _faiss() is not None)
+    # an IVF-flat index holds every vector in RAM while it is built: only where that fits the
+    # budget (exact search streams the memory-mapped pack and needs none of it)
+    held = too_big(4.2 * values)
+    if index == "faiss" and held:
+        raise SearchError(f"{where}: cannot build the faiss index: {held}; search with index='exact'")
+    use_index = index == "faiss" or (index == "auto" and values >= INDEX_MIN_VALUES and _faiss() is not None
+                                     and held is None)
     _prune(cache, {name, name.replace(".pack", ".index")}, where)
     if use_index:
         hits, method = _index_search(pack, query, int(top))
