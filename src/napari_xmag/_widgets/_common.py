@@ -191,3 +191,21 @@ def shifted(layer_data: tuple[Any, dict[str, Any], str], offset: np.ndarray) -> 
     if "translate" in kwargs:
         kwargs["translate"] = tuple(np.asarray(kwargs["translate"], np.float64) + offset)
     return data, kwargs, kind
+
+
+def fill_features(edit: Any, viewer: Any, layer: Any, filled: str | None) -> str | None:
+    """Put the features file of ``layer``'s maps (the inference widget's last run) in ``edit``,
+    unless the user chose another file there; returns what is now filled in by us (or None).
+
+    ``filled`` is what this call returned last time: a value the user has not changed since."""
+    if layer is None:
+        return filled
+    path, _ = slide_info(layer)
+    found = next((str(meta["features_path"]) for other in reversed(list(viewer.layers))
+                  if isinstance(meta := other.metadata.get("xmag_map"), dict)
+                  and meta.get("slide_path") == path and meta.get("features_path")), None)
+    current = str(edit.value) if edit.value is not None else ""
+    if found and found != current and current in ("", ".", filled):
+        edit.value = found
+        return found
+    return filled if current == filled else None

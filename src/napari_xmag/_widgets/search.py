@@ -20,6 +20,7 @@ from napari.layers import Points, Shapes
 from napari_xmag import search
 from napari_xmag._widgets._common import (
     camera,
+    fill_features,
     in_scroll_area,
     replace_layer,
     shifted,
@@ -74,6 +75,7 @@ class SearchWidget(Container):
         super().__init__()
         self._viewer = viewer
         self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
+        self._filled: str | None = None  # the features file we filled in, until the user changes it
         self._features_edit = FileEdit(
             label="features", mode="r", filter="*.h5 *.zarr",
             tooltip="the slide's features file; the XMAG inference widget's is filled in",
@@ -128,15 +130,6 @@ class SearchWidget(Container):
             if isinstance(layer, (Points, Shapes)) and not any(k in layer.metadata for k in OTHER_WIDGETS)
         ]
 
-    def _default_features(self, layer: Any) -> str | None:
-        """The features file of the slide's maps (the inference widget's last run), if any."""
-        path, _ = slide_info(layer)
-        for other in reversed(list(self._viewer.layers)):
-            meta = other.metadata.get("xmag_map")
-            if isinstance(meta, dict) and meta.get("slide_path") == path and meta.get("features_path"):
-                return str(meta["features_path"])
-        return None
-
     # ---- handlers -----------------------------------------------------------------------
     def _on_layers_changed(self, _event: Any = None) -> None:
         self._slide_edit.reset_choices()
@@ -144,10 +137,9 @@ class SearchWidget(Container):
         self._on_slide_changed()
 
     def _on_slide_changed(self, _event: Any = None) -> None:
-        layer = self._slide_edit.value
-        found = self._default_features(layer) if layer is not None else None
-        if found and found != str(self._features_edit.value):
-            self._features_edit.value = found
+        # the slide's features, unless the user picked another file (a new layer must not undo that)
+        self._filled = fill_features(self._features_edit, self._viewer, self._slide_edit.value,
+                                     self._filled)
 
     def _on_search(self, _event: Any = None) -> None:
         layer, query_layer = self._slide_edit.value, self._query_edit.value
