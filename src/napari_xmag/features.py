@@ -13,6 +13,7 @@ size, so that a rerun with the same key embeds only the rest and writes the same
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -341,8 +342,6 @@ class PartialFeatures:
 def partial_key(settings: Mapping[str, Any], coords: np.ndarray, batch_size: int) -> str:
     """What a partial run is the same run by: its settings, its patches (in grid order) and the
     batch size (the same batches give the same bits)."""
-    import hashlib
-
     h = hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode())
     h.update(np.ascontiguousarray(coords, "<i8").tobytes())
     h.update(str(int(batch_size)).encode())

@@ -104,6 +104,25 @@ MPP_OVERRIDE_TIP = ("µm per pixel of the slide's level 0, for a slide that does
                     " (or records it wrongly); 0 = the file's own. A 20x scan is about 0.5.")
 
 
+#: The metadata keys of the layers the widgets and the map reader make: never a user's own layer.
+WIDGET_KEYS = ("xmag_map", "xmag-inference", "xmag-explorer", "xmag-comparison", "xmag-probe", "xmag-search")
+
+
+def user_layers(viewer: Any, kinds: tuple[type, ...]) -> list[tuple[str, Any]]:
+    """``(name (kind), layer)`` of the layers of ``kinds`` a user made (none a widget owns): the
+    choices of an annotations or query control."""
+    return [(f"{layer.name} ({type(layer).__name__.lower()})", layer) for layer in viewer.layers
+            if isinstance(layer, kinds) and not any(k in layer.metadata for k in WIDGET_KEYS)]
+
+
+def features_file_edit() -> Any:
+    """The one features-file control of the widgets that read one (filled in by fill_features)."""
+    from magicgui.widgets import FileEdit
+
+    return FileEdit(label="features", mode="r", filter="*.h5 *.zarr",
+                    tooltip="the slide's features file; the XMAG inference widget's is filled in")
+
+
 def mpp_override_edit() -> Any:
     """The one mpp-override control (the CLI's --mpp-override); 0 means the file's own."""
     from magicgui.widgets import FloatSpinBox

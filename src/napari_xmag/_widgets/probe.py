@@ -21,6 +21,7 @@ from napari_xmag import fewshot
 from napari_xmag._atomic import OutputExistsError
 from napari_xmag._widgets import _common
 from napari_xmag._widgets._common import (
+    features_file_edit,
     fill_features,
     in_scroll_area,
     replace_layer,
@@ -29,6 +30,7 @@ from napari_xmag._widgets._common import (
     slide_layers,
     slide_offset,
     text_label,
+    user_layers,
 )
 from napari_xmag._widgets._legend import Legend
 from napari_xmag._widgets._task import BackgroundTask, notify
@@ -43,8 +45,6 @@ ROLE = "xmag-probe"
 #: single 5x patches, 448 µm, coarse enough to stay small on a whole slide).
 ANNOTATION_UM = 16.0
 POINT_CLASS_KEYS = ("class", "label", "class_id")
-#: Layers other widgets own: never offered as annotations.
-OTHER_WIDGETS = (ROLE, "xmag_map", "xmag-inference", "xmag-explorer", "xmag-comparison")
 
 
 class ProbeWidget(Container):
@@ -55,10 +55,7 @@ class ProbeWidget(Container):
         self._viewer = viewer
         self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
         self._filled: str | None = None  # the features file we filled in, until the user changes it
-        self._features_edit = FileEdit(
-            label="features", mode="r", filter="*.h5 *.zarr",
-            tooltip="the slide's features file; the XMAG inference widget's is filled in",
-        )
+        self._features_edit = features_file_edit()
         self._annotations_edit = ComboBox(
             label="annotations", choices=self._annotation_layers,
             tooltip="a Labels layer painted with class ids 1, 2, ..., Points with a 'class' feature, or"
@@ -99,12 +96,7 @@ class ProbeWidget(Container):
 
     def _annotation_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
 
-        return [
-            (f"{layer.name} ({type(layer).__name__.lower()})", layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, (Labels, Points, Shapes))
-            and not any(k in layer.metadata for k in OTHER_WIDGETS)
-        ]
+        return user_layers(self._viewer, (Labels, Points, Shapes))
 
     # ---- handlers -----------------------------------------------------------------------
     def _on_layers_changed(self, _event: Any = None) -> None:

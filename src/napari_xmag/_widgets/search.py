@@ -19,7 +19,9 @@ from napari.layers import Points, Shapes
 
 from napari_xmag import search
 from napari_xmag._widgets._common import (
+    WIDGET_KEYS,
     camera,
+    features_file_edit,
     fill_features,
     in_scroll_area,
     replace_layer,
@@ -29,6 +31,7 @@ from napari_xmag._widgets._common import (
     slide_offset,
     slide_ready,
     text_label,
+    user_layers,
 )
 from napari_xmag._widgets._legend import Legend
 from napari_xmag._widgets._task import BackgroundTask, notify
@@ -40,8 +43,6 @@ if TYPE_CHECKING:
 
 #: Metadata key of the layers this widget owns: ``{"role": ..., "slide": path}``.
 ROLE = "xmag-search"
-#: Layers other widgets own: never offered as a query.
-OTHER_WIDGETS = (ROLE, "xmag_map", "xmag-probe", "xmag-inference", "xmag-explorer", "xmag-comparison")
 COLUMNS = ("slide", "x", "y", "score")
 
 
@@ -76,10 +77,7 @@ class SearchWidget(Container):
         self._viewer = viewer
         self._slide_edit = ComboBox(label="slide", choices=self._slide_layers)
         self._filled: str | None = None  # the features file we filled in, until the user changes it
-        self._features_edit = FileEdit(
-            label="features", mode="r", filter="*.h5 *.zarr",
-            tooltip="the slide's features file; the XMAG inference widget's is filled in",
-        )
+        self._features_edit = features_file_edit()
         self._query_edit = ComboBox(
             label="query", choices=self._query_layers,
             tooltip="the last point of a Points layer, or the selected (else last) rectangle of a Shapes"
@@ -121,14 +119,10 @@ class SearchWidget(Container):
 
     # ---- choices ------------------------------------------------------------------------
     def _slide_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        return slide_layers(self._viewer, *OTHER_WIDGETS)
+        return slide_layers(self._viewer, *WIDGET_KEYS)
 
     def _query_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        return [
-            (f"{layer.name} ({type(layer).__name__.lower()})", layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, (Points, Shapes)) and not any(k in layer.metadata for k in OTHER_WIDGETS)
-        ]
+        return user_layers(self._viewer, (Points, Shapes))
 
     # ---- handlers -----------------------------------------------------------------------
     def _on_layers_changed(self, _event: Any = None) -> None:
@@ -231,7 +225,7 @@ class SearchWidget(Container):
 
     def _layer_of(self, hit: search.Hit) -> Any:
         """The slide layer a hit is on: the one whose file its features name."""
-        for _, layer in slide_layers(self._viewer, *OTHER_WIDGETS):
+        for _, layer in slide_layers(self._viewer, *WIDGET_KEYS):
             path, _ = slide_info(layer)
             if hit.slide_path and _same_file(path, hit.slide_path):
                 return layer
